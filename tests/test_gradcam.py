@@ -1,0 +1,132 @@
+"""Batched softmax Grad-CAM (spec §3, §1.6) against a per-class loop, plus closed-form checks."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weclip.cam.gradcam import gradcam, gradcam_from_activations, minmax_normalize, present_pairs
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official_step_static.npz")
+
+
+def _inputs(tiny_clip, num_fg=5, num_bg=4, size=48, batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    feats, attns = tiny_clip.forward_blocks(images)
+    text_fg = F.normalize(torch.randn(num_fg, tiny_clip.embed_dim, generator=g), dim=-1)
+    text_bg = F.normalize(torch.randn(num_bg, tiny_clip.embed_dim, generator=g), dim=-1)
+    return images, feats, attns, text_fg, text_bg
+
+
+def _per_class_loop(backbone, last_input, cls_labels, text_fg, text_bg, grid):
+    """The authors' loop: per image, text = [present fg; bg], one forward + backward per present class."""
+    cams = []
+    for i in range(last_input.shape[0]):
+        present = torch.nonzero(cls_labels[i]).flatten().tolist()
+        text = torch.cat([text_fg[present], text_bg])
+        for j, _ in enumerate(present):
+            act, _, emb = backbone.forward_last(last_input[i : i + 1])
+            probs = (backbone.logit_scale * emb @ text.t()).softmax(-1)
+            (grad,) = torch.autograd.grad(probs[0, j], act)
+            a, g = act[0, 1:].detach(), grad[0, 1:]  # (n, D), CLS dropped
+            cam = torch.relu(a @ g.mean(0)).view(*grid)
+            for _ in range(2):
+                cam = (cam - cam.min()) / ((cam - cam.min()).max() + 1e-7)
+            cams.append(cam)
+    return torch.stack(cams)
+
+
+def test_batched_equals_per_class_loop(tiny_clip):
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip)
+    cls_labels = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
+    ref = _per_class_loop(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
+    # pairs: image 0 classes 1, 3, 4; image 1 none; image 2 class 0
+    assert out.batch_index.tolist() == [0, 0, 0, 2]
+    assert out.class_index.tolist() == [1, 3, 4, 0]
+    assert out.cams.shape == (4, 6, 6)
+    torch.testing.assert_close(out.cams, ref, atol=1e-5, rtol=0)
+    # the last block's attention exists for every image, including the one without classes
+    assert out.attn_last.shape == (3, 37, 37)
+    torch.testing.assert_close(out.attn_last.sum(-1), torch.ones(3, 37), atol=1e-5, rtol=0)
+
+
+def test_cams_only_for_present_classes_and_in_unit_range(tiny_clip):
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=1)
+    cls_labels = torch.tensor([[1, 0, 0, 0, 1], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
+    pairs = set(zip(out.batch_index.tolist(), out.class_index.tolist()))
+    assert pairs == {(0, 0), (0, 4), (1, 2), (2, 1), (2, 2), (2, 3)}
+    assert out.cams.min() >= 0 and out.cams.max() <= 1
+    assert not out.cams.requires_grad
+    # softmax over [present fg; bg] only: absent fg columns are exactly 0, rows sum to 1
+    assert torch.all(out.probs[:, :5][~cls_labels] == 0)
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
+
+
+def test_absent_class_embeddings_do_not_matter(tiny_clip):
+    # Present classes come only from cls_labels: changing the prompt of an absent class changes nothing.
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=2)
+    cls_labels = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
+    out_a = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
+    text_fg2 = text_fg.clone()
+    text_fg2[4] = -text_fg[4]  # class 4 is absent everywhere
+    out_b = gradcam(tiny_clip, feats[-1], cls_labels, text_fg2, text_bg, (6, 6))
+    torch.testing.assert_close(out_a.cams, out_b.cams, atol=1e-6, rtol=0)
+
+
+def test_no_present_class_anywhere(tiny_clip):
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=3)
+    out = gradcam(tiny_clip, feats[-1], torch.zeros(3, 5), text_fg, text_bg, (6, 6))
+    assert out.cams.shape == (0, 6, 6) and out.batch_index.numel() == 0
+    assert out.attn_last.shape == (3, 37, 37)
+
+
+def test_runs_under_no_grad(tiny_clip):
+    # callers (validation, the pseudo-label tool) may run under no_grad; Grad-CAM enables autograd itself
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=4)
+    cls_labels = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
+    ref = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6)).cams
+    with torch.no_grad():
+        out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6)).cams
+    torch.testing.assert_close(out, ref)
+
+
+def test_bad_shapes_raise(tiny_clip):
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip)
+    with pytest.raises(ValueError, match="tokens"):
+        gradcam(tiny_clip, feats[-1], torch.ones(3, 5), text_fg, text_bg, (5, 6))
+    with pytest.raises(ValueError, match="cls_labels"):
+        gradcam(tiny_clip, feats[-1], torch.ones(3, 4), text_fg, text_bg, (6, 6))
+
+
+def test_gradcam_formula_hand_worked():
+    # acts (n=4, D=2) = [[1,0],[0,1],[2,1],[0,0]], grads all [3,-1] -> alpha = [3,-1]
+    # sum_c alpha_c A_c = [3, -1, 5, 0] -> ReLU [3, 0, 5, 0] -> min-max: [0.6, 0, 1, 0] (up to 1e-7 eps)
+    acts = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 0.0]]])
+    grads = torch.tensor([[3.0, -1.0]]).expand(4, 2)[None]
+    cam = gradcam_from_activations(acts, grads, (2, 2))
+    torch.testing.assert_close(cam, torch.tensor([[[0.6, 0.0], [1.0, 0.0]]]), atol=1e-6, rtol=0)
+
+
+def test_minmax_constant_map_is_zero():
+    # (x - min) = 0 everywhere -> 0 / (0 + eps) = 0, no NaN
+    out = minmax_normalize(torch.full((2, 3, 3), 0.7), 1e-7, passes=2)
+    assert torch.equal(out, torch.zeros(2, 3, 3))
+
+
+def test_present_pairs_order():
+    b, c = present_pairs(torch.tensor([[0, 1, 1], [1, 0, 0]]))
+    assert b.tolist() == [0, 0, 1] and c.tolist() == [1, 2, 0]
+
+
+@pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="authors' fixture not in ../shared/fixtures")
+def test_cam_formula_matches_recorded_activations_and_gradients():
+    # fixture README: recorded activations + gradients -> recorded CAMs to ~1e-6
+    z = np.load(FIXTURE)
+    acts = torch.from_numpy(z["gradcam_acts_img0"]).flatten(2).transpose(1, 2)  # (K, n, D)
+    grads = torch.from_numpy(z["gradcam_grads_img0"]).flatten(2).transpose(1, 2)
+    cams = gradcam_from_activations(acts, grads, (20, 20), norm_eps=1e-7, norm_passes=2)
+    torch.testing.assert_close(cams, torch.from_numpy(z["cams_img0"]), atol=2e-6, rtol=0)
