@@ -36,6 +36,7 @@ def test_confident_unary_everywhere_is_kept(crf_cfg):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
     probs = _confident(np.full((20, 28), 3), num_classes=5)
+    image.setflags(write=False)  # as np.asarray(PIL image): pydensecrf needs a writable copy
     labels = dense_crf(image, probs, crf_cfg)
     assert labels.shape == (20, 28) and labels.dtype == np.int64
     assert (labels == 3).all()

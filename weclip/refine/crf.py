@@ -84,7 +84,9 @@ def _check_image(image: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         raise TypeError(
             f"{where}DenseCRF expects a uint8 RGB image (0-255), got dtype {image.dtype}"
         )
-    return np.ascontiguousarray(image)
+    image = np.ascontiguousarray(image)
+    # pydensecrf takes a writable buffer (PIL-backed arrays are read-only)
+    return image if image.flags.writeable else image.copy()
 
 
 def dense_crf(
