@@ -24,6 +24,7 @@ data = dict(
     root="data/MSCOCO",  # holds JPEGImages/{train,val}/ and SegmentationClass/{train,val}/ (spec §10)
     split_dir="datasets/coco",
     label_file="cls_labels.txt",  # "<name> <id> <id> ..." with 0-based foreground ids (in split_dir)
+    mask_dir="SegmentationClass",  # SegmentationClass/{train,val}/<12-digit id>.png (tools/prepare_coco.py)
     train_split="train",  # 82,081 images with >= 1 class (spec §10)
     val_split="val",  # 40,137 images (spec §10)
     num_classes=81,  # incl. background

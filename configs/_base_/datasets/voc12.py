@@ -5,6 +5,7 @@ data = dict(
     root="data/VOCdevkit/VOC2012",  # relative to the working directory; holds JPEGImages/, SegmentationClassAug/
     split_dir="datasets/voc",  # split lists and the image-level label file written by tools/prepare_voc.py
     label_file="cls_labels.txt",  # "<name> <id> <id> ..." with 0-based foreground ids (in split_dir)
+    mask_dir="SegmentationClassAug",  # VOC masks + SBD masks (built by tools/prepare_voc.py when missing)
     train_split="train_aug",  # 10,582 images (spec §8)
     val_split="val",  # 1,449 images (spec §10)
     num_classes=21,  # incl. background (spec notation C)

@@ -1,0 +1,158 @@
+"""Robust image and mask reading: every failure names the file, every image comes back as RGB uint8.
+
+Images (``read_rgb``) are converted to (H, W, 3) uint8 RGB whatever their stored form:
+
+* ``RGB``: as is. ``L`` / ``1`` / ``P`` (grayscale, bilevel, palette): expanded through PIL (palette
+  images through their palette). ``CMYK`` / ``YCbCr``: PIL's colour conversion.
+* With alpha (``RGBA``, ``LA``, ``PA``): the alpha channel is dropped (no compositing; the colour
+  values are kept as stored).
+* 16-bit (``I;16*``, ``I``, and 16-bit RGB PNGs): scaled to 8 bits by ``round(v / 257)`` (65535 ->
+  255), never clipped. PIL reads 16-bit RGB PNGs by keeping the high byte, so those are read with
+  OpenCV.
+* Float images (``F``) are refused: their range is ambiguous.
+
+EXIF orientation is **not** applied: the authors read images with imageio, which returns the stored
+pixel grid, and the VOC/COCO masks are aligned with that grid.
+
+Masks (``read_mask``) must be single-channel (palette ``P`` or grayscale ``L``, values = class
+indices; VOC's palette PNGs store the index, not the colour). An RGB mask is refused: it holds
+colours, not classes.
+"""
+
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["read_rgb", "read_mask", "to_rgb_uint8", "scale_16bit_to_8bit"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Modes that PIL's own convert("RGB") maps correctly (palette through its palette, alpha dropped).
+_PIL_CONVERTIBLE = frozenset(
+    ["RGBA", "RGBa", "RGBX", "LA", "La", "PA", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"]
+)
+
+
+def scale_16bit_to_8bit(array: np.ndarray) -> np.ndarray:
+    """Map 0..65535 to 0..255 by ``round(v / 257)`` (exact on 257·k, so 65535 -> 255, 257 -> 1)."""
+    wide = np.clip(array.astype(np.int64), 0, 65535)
+    return ((wide + 128) // 257).astype(np.uint8)
+
+
+def _png_bit_depth(path: PathLike) -> int:
+    """Bit depth from the PNG IHDR chunk (byte 24), or 0 when ``path`` is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or not head.startswith(_PNG_SIGNATURE):
+        return 0
+    return head[24]
+
+
+def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
+    """Convert an already loaded PIL image to (H, W, 3) uint8 RGB (rules in the module docstring).
+
+    Args:
+        image (PIL.Image.Image): a fully loaded image.
+        path (str): used in error messages only.
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8, C-contiguous.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        array = np.asarray(image)
+    elif mode.startswith("I;16") or mode == "I":
+        # 16-bit grayscale (PIL opens 16-bit PNG/TIFF grayscale as I;16 or I): scale, do not clip
+        gray = scale_16bit_to_8bit(np.asarray(image))
+        array = np.repeat(gray[:, :, None], 3, axis=2)
+    elif mode == "F":
+        raise ValueError(
+            f"{path}: floating-point image (PIL mode F) has no defined 0-255 range; "
+            "convert it first"
+        )
+    elif mode in _PIL_CONVERTIBLE:
+        try:
+            array = np.asarray(image.convert("RGB"))
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}: cannot convert image mode {mode} to RGB: {exc}") from exc
+    else:
+        raise ValueError(f"{path}: unsupported image mode {mode!r}")
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"{path}: conversion gave shape {array.shape} {array.dtype}, expected (H, W, 3) uint8"
+        )
+    return np.ascontiguousarray(array)
+
+
+def _open_fully(path: PathLike, what: str) -> Image.Image:
+    """Open and decode the whole file (PIL decodes lazily; truncation shows only on ``load``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ValueError(
+            f"Cannot read {what} {path}: corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    return image
+
+
+def _read_16bit_rgb_png(path: PathLike) -> np.ndarray:
+    """16-bit colour PNG through OpenCV (PIL would keep only the high byte)."""
+    import cv2  # local import: only this rare path needs OpenCV
+
+    array = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16 or array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"Cannot read 16-bit colour image {path} with OpenCV")
+    rgb = array[:, :, 2::-1]  # BGR(A) -> RGB, alpha dropped
+    return np.ascontiguousarray(scale_16bit_to_8bit(rgb))
+
+
+def read_rgb(path: PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB.
+
+    Args:
+        path (str): image file (JPEG, PNG, ...).
+
+    Returns:
+        np.ndarray: (H, W, 3) uint8.
+
+    Raises:
+        FileNotFoundError: the file does not exist (message names it).
+        ValueError: the file is corrupt, truncated or of an unsupported kind (message names it).
+    """
+    image = _open_fully(path, "image")
+    with image:
+        if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+            return _read_16bit_rgb_png(path)
+        return to_rgb_uint8(image, path)
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    """Read a single-channel label mask (class indices, 255 = ignore) as (H, W) uint8.
+
+    Args:
+        path (str): PNG in palette (``P``) or grayscale (``L``) mode; 16-bit grayscale is accepted
+            when every value fits in 0..255.
+
+    Returns:
+        np.ndarray: (H, W) uint8 class indices.
+    """
+    image = _open_fully(path, "mask")
+    with image:
+        if image.mode in ("P", "L"):
+            return np.array(image, dtype=np.uint8)
+        if image.mode.startswith("I;16") or image.mode == "I":
+            values = np.asarray(image)
+            if values.size and (values.min() < 0 or values.max() > 255):
+                raise ValueError(f"Mask {path}: values outside 0..255 (mode {image.mode})")
+            return values.astype(np.uint8)
+        raise ValueError(
+            f"Mask {path}: mode {image.mode!r} is not a single-channel index image; expected a "
+            "palette (P) or grayscale (L) PNG whose pixel values are class ids (an RGB colour "
+            "mask must be converted)"
+        )

@@ -1,0 +1,197 @@
+"""Split lists and image-level label files (docs/architecture.md, spec §3.1, §10).
+
+Formats (both plain text, one entry per line, blank lines ignored):
+
+* split list ``<split_dir>/<split>.txt``: one image name per line (``2007_000032``,
+  ``COCO_train2014_000000000009``);
+* label file ``<split_dir>/cls_labels.txt``: ``name id id ...`` with the 0-based foreground ids
+  (class id - 1) of the classes present in the image, ascending.
+
+The authors derive image-level labels from the ground-truth masks at training time (spec §3.1,
+§12.3); here the preparation tools derive them once (``fg_ids_from_mask``) and the library reads
+only the label file, so nothing at training time looks at a mask.
+"""
+
+import os
+from typing import Dict, Iterable, List, Mapping, Sequence
+
+import numpy as np
+
+from weclip.utils.io import atomic_write_text
+
+__all__ = [
+    "read_split",
+    "read_label_file",
+    "format_split",
+    "format_label_file",
+    "write_text_if_changed",
+    "ids_to_multihot",
+    "fg_ids_from_mask",
+]
+
+
+def read_split(path: str) -> List[str]:
+    """Read a split list (one name per line).
+
+    Args:
+        path (str): the list file.
+
+    Returns:
+        List[str]: the names, in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line holds more than one field, a name repeats, or the list is empty (file
+        and line named).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Split list not found: {path}")
+    names: List[str] = []
+    seen: Dict[str, int] = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 1:
+                raise ValueError(
+                    f"{path}:{line_no}: expected one image name per line, got {line.strip()!r}"
+                )
+            name = fields[0]
+            if name in seen:
+                raise ValueError(f"{path}:{line_no}: name {name!r} repeats line {seen[name]}")
+            seen[name] = line_no
+            names.append(name)
+    if not names:
+        raise ValueError(f"Split list {path} is empty")
+    return names
+
+
+def read_label_file(path: str, num_classes: int) -> Dict[str, np.ndarray]:
+    """Read ``name id id ...`` lines into name -> sorted 0-based foreground ids.
+
+    Args:
+        path (str): the label file.
+        num_classes (int): classes including background (C); valid foreground ids are 0..C-2.
+
+    Returns:
+        Dict[str, np.ndarray]: name -> (K,) int64 ids, K >= 1.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a name without ids, a non-integer id, a repeated id or name, or an id outside
+            0..C-2 (a class-count mismatch between the config and the file); file and line are
+            named.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Label file not found: {path}")
+    if num_classes < 2:
+        raise ValueError(
+            f"num_classes must count background plus at least one class, got {num_classes}"
+        )
+    num_fg = num_classes - 1
+    labels: Dict[str, np.ndarray] = {}
+    first_line: Dict[str, int] = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            name, raw_ids = fields[0], fields[1:]
+            where = f"{path}:{line_no}"
+            if name in first_line:
+                raise ValueError(
+                    f"{where}: name {name!r} already labelled on line {first_line[name]}"
+                )
+            if not raw_ids:
+                raise ValueError(
+                    f"{where}: {name!r} has an empty label vector (no foreground class id)"
+                )
+            try:
+                ids = [int(v) for v in raw_ids]
+            except ValueError:
+                raise ValueError(
+                    f"{where}: ids must be integers, got {' '.join(raw_ids)!r}"
+                ) from None
+            bad = [i for i in ids if not 0 <= i < num_fg]
+            if bad:
+                raise ValueError(
+                    f"{where}: foreground id {bad[0]} out of range 0..{num_fg - 1}: class-count "
+                    f"mismatch, the config has num_classes={num_classes} (background + {num_fg}) "
+                    f"but this label file uses id "
+                    f"{bad[0]} (a label file of another dataset?)"
+                )
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{where}: repeated id in {' '.join(raw_ids)!r}")
+            first_line[name] = line_no
+            labels[name] = np.array(sorted(ids), dtype=np.int64)
+    if not labels:
+        raise ValueError(f"Label file {path} is empty")
+    return labels
+
+
+def ids_to_multihot(ids: Sequence[int], num_classes: int) -> np.ndarray:
+    """0-based foreground ids -> (C-1,) float32 multi-hot vector (background excluded)."""
+    vec = np.zeros(num_classes - 1, dtype=np.float32)
+    vec[np.asarray(ids, dtype=np.int64)] = 1.0
+    return vec
+
+
+def fg_ids_from_mask(
+    mask: np.ndarray, num_classes: int, ignore_index: int = 255, where: str = "mask"
+) -> List[int]:
+    """Foreground ids present in a class-index mask (for the preparation tools only).
+
+    Same set as the authors' uint8 ``unique(mask) - 1`` trick (spec §3.1, §12.12): values 1..C-1 map
+    to ids 0..C-2; background 0 and ``ignore_index`` are dropped.
+
+    Args:
+        mask (np.ndarray): (H, W) integer class indices.
+        num_classes (int): classes incl. background (C).
+        ignore_index (int): value of ignored pixels.
+        where (str): file name for the error message.
+
+    Returns:
+        List[int]: ascending 0-based foreground ids (may be empty).
+
+    Raises:
+        ValueError: a value is neither a class id nor ``ignore_index`` (message names ``where``).
+    """
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        raise ValueError(
+            f"{where}: value {int(bad[0])} is neither a class id 0..{num_classes - 1} "
+            f"nor ignore ({ignore_index})"
+        )
+    return [int(v) - 1 for v in values if 1 <= v < num_classes]
+
+
+def format_split(names: Iterable[str]) -> str:
+    """Text of a split list."""
+    return "".join(f"{n}\n" for n in names)
+
+
+def format_label_file(labels: Mapping[str, Sequence[int]]) -> str:
+    """Text of a label file, sorted by name; names without ids are refused (nothing to train on)."""
+    lines = []
+    for name in sorted(labels):
+        ids = sorted(int(i) for i in labels[name])
+        if not ids:
+            raise ValueError(f"{name}: empty label vector; leave the image out of the label file")
+        lines.append(" ".join([name] + [str(i) for i in ids]) + "\n")
+    return "".join(lines)
+
+
+def write_text_if_changed(path: str, text: str) -> bool:
+    """Atomically write ``text`` unless ``path`` already holds exactly it (keeps mtimes on re-runs).
+
+    Returns:
+        bool: True when the file was (re)written.
+    """
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    atomic_write_text(path, text)
+    return True
