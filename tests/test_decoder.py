@@ -240,3 +240,23 @@ def test_decoder_input_dtype_is_cast():
     assert seg_logits.dtype == torch.float32
     ref, _ = decoder([f.float() for f in feats], (2, 2))
     torch.testing.assert_close(seg_logits, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decoder_and_losses_follow_the_input_device():
+    from weclip.losses import total_loss
+
+    loss_cfg = load_config("configs/voc.py").loss
+    decoder = small_decoder().eval()
+    feats = block_outputs(2, (4, 4))
+    labels = torch.randint(0, 5, (2, 64, 64), generator=torch.Generator().manual_seed(0))
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        decoder.to(device)
+        seg_logits, fused = decoder([f.to(device) for f in feats], (4, 4))
+        losses = total_loss(seg_logits, decoder.affinity(fused), labels.to(device), loss_cfg)
+        assert seg_logits.device.type == losses["loss"].device.type == device
+        outputs[device] = (seg_logits.detach().cpu(), losses["loss"].detach().cpu())
+    # loose tolerance: cuDNN may run the 1x1 convs in TF32
+    for ours, ref in zip(outputs["cuda"], outputs["cpu"]):
+        torch.testing.assert_close(ours, ref, atol=1e-2, rtol=1e-2)
