@@ -1,0 +1,104 @@
+"""Box masks of thresholded CAMs, faithful to the authors' scoremap2bbox (spec §4.5)."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from weclip.refine.boxes import box_masks, component_boxes, threshold_cams
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "official_step_static.npz")
+
+
+def _right_border_blob():
+    # 5x6 map, blob of 1.0 on rows 1..2, columns 4..5 (touches the right border)
+    cam = torch.zeros(1, 5, 6)
+    cam[0, 1:3, 4:6] = 1.0
+    return cam
+
+
+def test_right_border_blob_official_drops_last_column():
+    # component bbox x=4, y=1, bw=2, bh=2 -> official x1 = min(4+2, 6-1) = 5, y1 = min(1+2, 5-1) = 3:
+    # the half-open fill covers rows 1..2, column 4 only (column 5 dropped)
+    masks, _ = box_masks(_right_border_blob(), 0.4, "official")
+    expected = torch.zeros(1, 5, 6, dtype=torch.bool)
+    expected[0, 1:3, 4:5] = True
+    assert torch.equal(masks, expected)
+    assert component_boxes(_right_border_blob()[0].numpy() > 0, "official").tolist() == [[4, 1, 5, 3]]
+
+
+def test_right_border_blob_inclusive_keeps_last_column():
+    masks, _ = box_masks(_right_border_blob(), 0.4, "inclusive")
+    assert torch.equal(masks, _right_border_blob().bool())
+
+
+def test_threshold_is_strict_on_uint8_scores():
+    # U = uint8(floor(255 M)); max U = 255 -> t = int(0.4 * 255) = 102; keep U > 102 (strict)
+    # M = 0.4 -> 255 * 0.4 = 102.0 -> U = 102 (dropped); M = 0.41 -> 104.55 -> U = 104 (kept);
+    # M = 0.403 -> 102.765 -> U = 102 (dropped by the floor even though 0.403 > 0.4)
+    cam = torch.tensor([[[1.0, 0.4, 0.41, 0.403, 0.0]]])
+    assert threshold_cams(cam, 0.4).tolist() == [[[True, False, True, False, False]]]
+    # max U = 127 (M = 0.5 -> 127.5 -> 127): t = int(0.4 * 127) = int(50.8) = 50; U = 51 (M = 0.2) kept
+    cam = torch.tensor([[[0.5, 0.2, 0.196]]])  # 0.196 * 255 = 49.98 -> 49
+    assert threshold_cams(cam, 0.4).tolist() == [[[True, True, False]]]
+
+
+def test_two_blobs_and_a_hole():
+    # a ring (with a hole) and a separate dot, 8x8; inclusive masks are the two bounding boxes
+    cam = torch.zeros(1, 8, 8)
+    cam[0, 1:5, 1:5] = 1.0
+    cam[0, 2:4, 2:4] = 0.0  # the hole
+    cam[0, 6, 6] = 0.9
+    masks, _ = box_masks(cam, 0.4, "inclusive")
+    expected = torch.zeros(1, 8, 8, dtype=torch.bool)
+    expected[0, 1:5, 1:5] = True
+    expected[0, 6, 6] = True
+    assert torch.equal(masks, expected)
+
+
+def test_diagonal_pixels_are_one_component():
+    # 8-connectivity: (0,0) and (1,1) form one component with bbox 2x2
+    cam = torch.zeros(1, 4, 4)
+    cam[0, 0, 0] = cam[0, 1, 1] = 1.0
+    masks, _ = box_masks(cam, 0.4, "inclusive")
+    assert masks[0, :2, :2].all() and masks.sum() == 4
+
+
+def test_all_zero_cam_gives_empty_mask():
+    masks, binary = box_masks(torch.zeros(2, 5, 5), 0.4, "official")
+    assert not masks.any() and not binary.any()
+    assert component_boxes(np.zeros((5, 5), bool)).shape == (0, 4)
+
+
+def test_union_of_components_equals_union_of_contour_rects():
+    # the authors' findContours(RETR_TREE) + boundingRect + clipping, on random maps, gives the same masks
+    rng = np.random.default_rng(0)
+    cams = torch.from_numpy(rng.random((60, 9, 11)).astype(np.float32)) ** 3
+    ours, binary = box_masks(cams, 0.4, "official")
+    for k in range(cams.shape[0]):
+        img = binary[k].numpy().astype(np.uint8) * 255
+        contours, _ = cv2.findContours(img, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2:]
+        ref = np.zeros((9, 11), bool)
+        for c in contours:
+            x, y, bw, bh = cv2.boundingRect(c)
+            ref[y : min(y + bh, 9 - 1), x : min(x + bw, 11 - 1)] = True
+        assert np.array_equal(ours[k].numpy(), ref), k
+
+
+def test_bad_mode_raises():
+    with pytest.raises(ValueError, match="box_mode"):
+        box_masks(torch.zeros(1, 3, 3), 0.4, "outer")
+
+
+@pytest.mark.skipif(not os.path.isfile(FIXTURE), reason="authors' fixture not in ../shared/fixtures")
+def test_recorded_boxes():
+    z = np.load(FIXTURE)
+    cams = torch.from_numpy(z["cams_img0"])
+    masks, _ = box_masks(cams, 0.4, "official")
+    for k, boxes in enumerate(z["boxes_img0"]):
+        ref = np.zeros(cams.shape[-2:], bool)
+        for x0, y0, x1, y1 in boxes:
+            if x0 >= 0:  # rows of -1 are padding
+                ref[y0:y1, x0:x1] = True
+        assert np.array_equal(masks[k].numpy(), ref)
