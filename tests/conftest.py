@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny random CLIP of the real architecture family (no weights downloaded)."""
+
 import pytest
 import torch
 
@@ -9,7 +10,9 @@ from weclip.models.clip_backbone import FrozenCLIP, _tokenizer_for, build_clip_m
 TINY_ARCH = dict(
     embed_dim=32,
     quick_gelu=True,
-    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"),
+    vision_cfg=dict(
+        image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"
+    ),
     text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
 )
 

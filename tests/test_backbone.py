@@ -1,4 +1,5 @@
 """FrozenCLIP: agreement with open_clip's own forward, attention maps, positional resize, weight loading."""
+
 import os
 
 import pytest
@@ -18,7 +19,10 @@ from weclip.models.text_encoder import prompt_embeddings
 def _block_outputs_via_hooks(clip, images):
     """open_clip's own forward, with forward hooks recording every residual block's output."""
     outs = []
-    hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o)) for b in clip.visual.transformer.resblocks]
+    hooks = [
+        b.register_forward_hook(lambda m, i, o: outs.append(o))
+        for b in clip.visual.transformer.resblocks
+    ]
     with torch.no_grad():
         emb = clip.encode_image(images, normalize=True)
     for h in hooks:
@@ -86,7 +90,9 @@ def test_vit_b16_shapes_and_gradcam_gradient():
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
     (grad,) = torch.autograd.grad(emb[0, 0], act)
     assert grad.abs().sum() > 0
-    assert backbone.logit_scale == pytest.approx(1 / 0.07)  # open_clip init; OpenAI weights give 100
+    assert backbone.logit_scale == pytest.approx(
+        1 / 0.07
+    )  # open_clip init; OpenAI weights give 100
 
 
 def test_frozen(tiny_clip):
@@ -105,14 +111,20 @@ def test_prompt_embeddings(tiny_clip):
     torch.testing.assert_close(emb, direct)
     # several templates: the normalised mean of the per-template embeddings
     two = prompt_embeddings(tiny_clip, ["circle"], ["a {}.", "a photo of a {}."])
-    manual = F.normalize(tiny_clip.encode_text(["a circle.", "a photo of a circle."]).mean(0), dim=-1)
+    manual = F.normalize(
+        tiny_clip.encode_text(["a circle.", "a photo of a circle."]).mean(0), dim=-1
+    )
     torch.testing.assert_close(two[0], manual)
 
 
 # ---------------------------------------------------------------- weight files
 def _outputs(backbone, images):
     feats, _ = backbone.forward_blocks(images)
-    return feats[-1], backbone.forward_last(feats[-1])[2], backbone.encode_text(["a clean origami circle."])
+    return (
+        feats[-1],
+        backbone.forward_last(feats[-1])[2],
+        backbone.encode_text(["a clean origami circle."]),
+    )
 
 
 def _openai_archive(clip, path):
@@ -124,7 +136,9 @@ def _openai_archive(clip, path):
         if hasattr(half, name):
             delattr(half, name)  # plain int attributes on open_clip.CLIP
         half.register_buffer(name, torch.tensor(7))
-    scripted = torch.jit.trace_module(half, {"encode_text": torch.zeros(1, 16, dtype=torch.long)}, check_trace=False)
+    scripted = torch.jit.trace_module(
+        half, {"encode_text": torch.zeros(1, 16, dtype=torch.long)}, check_trace=False
+    )
     scripted.save(path)
 
 
@@ -149,7 +163,13 @@ def test_weight_layouts_load_to_identical_outputs(tiny_reference, tiny_arch, tmp
     openai_path = str(tmp_path / "openai.pt")
     _openai_archive(tiny_reference, openai_path)
     ckpt_path = str(tmp_path / "open_clip.pt")
-    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in tiny_reference.state_dict().items()}}, ckpt_path)
+    torch.save(
+        {
+            "epoch": 3,
+            "state_dict": {"module." + k: v for k, v in tiny_reference.state_dict().items()},
+        },
+        ckpt_path,
+    )
     st_path = str(tmp_path / "weights.safetensors")
     save_file({k: v.contiguous() for k, v in tiny_reference.state_dict().items()}, st_path)
 
@@ -187,7 +207,9 @@ def test_wrong_architecture_error(tiny_reference, tiny_arch, tmp_path):
     path = str(tmp_path / "tiny.pt")
     torch.save(tiny_reference.state_dict(), path)
     wider = dict(tiny_arch, vision_cfg=dict(tiny_arch["vision_cfg"], width=96))
-    with pytest.raises(ValueError, match=r"tiny.pt do not fit the architecture.*visual.conv1.weight"):
+    with pytest.raises(
+        ValueError, match=r"tiny.pt do not fit the architecture.*visual.conv1.weight"
+    ):
         build_clip_model(wider, path)
     with pytest.raises(ValueError, match="tiny.pt do not fit the architecture ViT-B-16-quickgelu"):
         build_clip_model("ViT-B-16-quickgelu", path)

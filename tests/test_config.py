@@ -1,4 +1,5 @@
 """Config loading: _base_ merge, checked overrides, the spec constants, the dump."""
+
 import pytest
 from mmengine import Config
 

@@ -4,6 +4,7 @@ Adds what mmengine leaves open: ``--cfg-options`` overrides may only *change* ex
 clear error instead of silently adding a new key), the work-dir rule of mmsegmentation (CLI > config > name),
 and an atomic dump of the resolved config into the work dir.
 """
+
 import os
 from typing import Any, Dict, Mapping, Optional
 

@@ -16,6 +16,7 @@ References:
     https://github.com/zbf1991/WeCLIP (the authors' code, described in the spec)
     https://github.com/mlfoundations/open_clip
 """
+
 import contextlib
 import logging
 import os
@@ -30,7 +31,13 @@ from torch import nn
 
 logger = logging.getLogger("weclip")
 
-__all__ = ["FrozenCLIP", "build_clip_model", "build_backbone", "load_clip_state_dict", "resize_pos_embed"]
+__all__ = [
+    "FrozenCLIP",
+    "build_clip_model",
+    "build_backbone",
+    "load_clip_state_dict",
+    "resize_pos_embed",
+]
 
 # Entries that OpenAI-style archives store besides the parameters (open_clip drops them too); `attn_mask`
 # is the text tower's causal mask, which open_clip rebuilds as a non-persistent buffer.
@@ -51,7 +58,9 @@ def _create_architecture(arch: ArchSpec) -> open_clip.CLIP:
                 f"Unknown open_clip architecture '{arch}'. Use e.g. 'ViT-B-16-quickgelu' (OpenAI weights need "
                 "QuickGELU) or a dict of open_clip.CLIP kwargs."
             )
-        open_clip_logger = logging.getLogger()  # open_clip warns on the root logger that no weights were
+        open_clip_logger = (
+            logging.getLogger()
+        )  # open_clip warns on the root logger that no weights were
         level = open_clip_logger.level  # loaded; we load them ourselves right after
         open_clip_logger.setLevel(logging.ERROR)
         try:
@@ -61,7 +70,9 @@ def _create_architecture(arch: ArchSpec) -> open_clip.CLIP:
     else:
         model = open_clip.CLIP(**dict(arch))
     if not isinstance(model, open_clip.CLIP):
-        raise ValueError(f"{_describe_arch(arch)}: only open_clip.CLIP models with a ViT image tower are supported")
+        raise ValueError(
+            f"{_describe_arch(arch)}: only open_clip.CLIP models with a ViT image tower are supported"
+        )
     return model
 
 
@@ -89,7 +100,9 @@ def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises several error types for damaged files
-            raise ValueError(f"Could not read CLIP weights from {path} (corrupt safetensors file?): {e}") from e
+            raise ValueError(
+                f"Could not read CLIP weights from {path} (corrupt safetensors file?): {e}"
+            ) from e
 
     errors = []
     if _is_torchscript(path):  # OpenAI's archive is TorchScript
@@ -102,7 +115,9 @@ def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        errors.append(f"as a torch checkpoint: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}")
+        errors.append(
+            f"as a torch checkpoint: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}"
+        )
         raise ValueError(
             f"Could not read CLIP weights from {path} ({'; '.join(errors)}). The file may be truncated or "
             "corrupt; expected OpenAI's ViT-B-16.pt archive, an open_clip checkpoint or a .safetensors file."
@@ -155,7 +170,14 @@ def load_clip_state_dict(model: open_clip.CLIP, path: str, arch: ArchSpec) -> No
 def _cached_pretrained_file(arch: str, tag: str, allow_download: bool) -> str:
     """Path of an open_clip pretrained tag's weights file; downloads only when allowed."""
     names = [arch] + ([arch[: -len("-quickgelu")]] if arch.endswith("-quickgelu") else [])
-    cfg = next((open_clip.get_pretrained_cfg(n, tag) for n in names if open_clip.get_pretrained_cfg(n, tag)), None)
+    cfg = next(
+        (
+            open_clip.get_pretrained_cfg(n, tag)
+            for n in names
+            if open_clip.get_pretrained_cfg(n, tag)
+        ),
+        None,
+    )
     if not cfg:
         raise ValueError(f"open_clip has no pretrained tag '{tag}' for {arch}")
     if allow_download:
@@ -165,7 +187,10 @@ def _cached_pretrained_file(arch: str, tag: str, allow_download: bool) -> str:
         from huggingface_hub import try_to_load_from_cache
 
         repo_id, filename = os.path.split(cfg["hf_hub"])
-        for fname in ([filename] if filename else []) + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+        for fname in ([filename] if filename else []) + [
+            "open_clip_model.safetensors",
+            "open_clip_pytorch_model.bin",
+        ]:
             hit = try_to_load_from_cache(repo_id, fname)
             if isinstance(hit, str):
                 return hit
@@ -199,7 +224,9 @@ def build_clip_model(arch: ArchSpec, weights: str, allow_download: bool = False)
         logger.info("CLIP %s: random initialisation", _describe_arch(arch))
     elif weights.startswith("hub:"):
         if not isinstance(arch, str):
-            raise ValueError("hub:<tag> weights need an open_clip architecture name, not a custom dict")
+            raise ValueError(
+                "hub:<tag> weights need an open_clip architecture name, not a custom dict"
+            )
         path = _cached_pretrained_file(arch, weights[len("hub:") :], allow_download)
         load_clip_state_dict(model, path, arch)
     else:
@@ -247,9 +274,18 @@ class FrozenCLIP(nn.Module):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', is {precision!r}")
         visual = clip_model.visual
-        for attr in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "ln_post", "proj"):
+        for attr in (
+            "conv1",
+            "class_embedding",
+            "positional_embedding",
+            "ln_pre",
+            "ln_post",
+            "proj",
+        ):
             if getattr(visual, attr, None) is None:
-                raise ValueError(f"unsupported CLIP image tower: it has no '{attr}' (a ViT with a projection is required)")
+                raise ValueError(
+                    f"unsupported CLIP image tower: it has no '{attr}' (a ViT with a projection is required)"
+                )
         blocks = visual.transformer.resblocks
         if not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
             raise ValueError("unsupported CLIP image tower: blocks must use nn.MultiheadAttention")
@@ -262,7 +298,9 @@ class FrozenCLIP(nn.Module):
         self.width = int(visual.conv1.out_channels)
         self.num_blocks = len(blocks)
         self.embed_dim = int(visual.proj.shape[1])
-        self.logit_scale = float(clip_model.logit_scale.exp())  # 100 for OpenAI's weights (spec §1.6)
+        self.logit_scale = float(
+            clip_model.logit_scale.exp()
+        )  # 100 for OpenAI's weights (spec §1.6)
         self.context_length = int(clip_model.context_length)
         self._batch_first = bool(getattr(visual.transformer, "batch_first", True))
 
@@ -322,7 +360,9 @@ class FrozenCLIP(nn.Module):
             raise ValueError(f"images must be Bx3xHxW, got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}"
+            )
         feats, attns = [], []
         with self._autocast(images.device):
             x = self._embed(images)
@@ -373,8 +413,12 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> FrozenCLIP:
     arch = backbone_cfg["arch"]
     if not isinstance(arch, str):
         arch = _plain(arch)
-    model = build_clip_model(arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False))
-    return FrozenCLIP(model, _tokenizer_for(arch, model.context_length), backbone_cfg.get("precision", "fp32"))
+    model = build_clip_model(
+        arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False)
+    )
+    return FrozenCLIP(
+        model, _tokenizer_for(arch, model.context_length), backbone_cfg.get("precision", "fp32")
+    )
 
 
 def _plain(obj: Any) -> Any:

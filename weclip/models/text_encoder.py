@@ -4,6 +4,7 @@ Per name: format the template -> tokenize -> encode -> L2-normalise -> mean over
 -> L2-normalise again. Comma-separated synonyms stay inside one prompt ("a clean origami person with
 clothes,people,human."), as in the authors' code and CLIP-ES.
 """
+
 from typing import Sequence, Union
 
 import torch

@@ -1,4 +1,5 @@
 """Atomic file writing: nothing half-written is ever left under the final name."""
+
 import contextlib
 import os
 import tempfile
@@ -15,8 +16,12 @@ def atomic_path(path: str) -> Iterator[str]:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]  # keep the extension: some writers (PIL, cv2) infer the format from it
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory)
+    suffix = os.path.splitext(path)[
+        1
+    ]  # keep the extension: some writers (PIL, cv2) infer the format from it
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory
+    )
     os.close(fd)
     try:
         yield tmp
