@@ -1,0 +1,275 @@
+"""Train the tiny open_clip CLIP of the toy world, once, offline (weights committed under weclip/assets/toy_clip).
+
+    nice python tools/train_toy_clip.py --out weclip/assets/toy_clip/toy_clip.safetensors
+
+The architecture and the prompts come from ``configs/toy.py`` (``model.backbone.arch``,
+``data.prompt_class_names``, ``data.prompt_bg_names``, ``model.text.template``), so the trained model is
+exactly the one WeCLIP loads. Training images are drawn on the fly from the toy generator (split "clip", never
+the dataset's train/val images), deterministically from ``--seed``.
+
+Recipe (own design, image-level labels only, no masks):
+* The image embedding is WeCLIP's: proj(mean over patch tokens of ln_post(tokens)) (``pool_type="avg"``,
+  spec §1.6); logits = 100 · cos(image, prompt) with the logit scale frozen at 100 (spec §1.6).
+* The text tower encodes the K class prompts and the background prompts ("a clean origami {}.", spec §2) at
+  every step; the loss is a cross-entropy over all K + M prompts against a soft target: the present classes
+  share ``1 - bg_share`` of the mass and the image's background texture gets ``bg_share`` (background-only
+  images: all of it). This mimics WeCLIP's use, a softmax over [present fg prompts; background prompts],
+  and keeps that softmax unsaturated so that Grad-CAM gradients stay informative.
+* Progress: tqdm; every ``--eval-every`` steps zero-shot accuracy on single-object images (argmax over the K
+  class prompts) and a Grad-CAM localisation check at the last block's LN1 output (spec §3).
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from weclip.config import load_config  # noqa: E402
+from weclip.data.toy import TOY_BG_KINDS, ToyWorldConfig, generate_sample, sample_rng  # noqa: E402
+from weclip.utils.io import atomic_path  # noqa: E402
+
+logger = logging.getLogger("weclip")
+LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI's CLIP, the temperature WeCLIP uses (spec §1.6)
+
+
+def to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B,H,W,3) uint8 -> (B,3,H,W) float normalised on 0-255 RGB (spec §1.2)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def make_batch(
+    seed: int, step: int, batch_size: int, world: ToyWorldConfig, bg_only_prob: float
+) -> Tuple[np.ndarray, List[List[int]], List[int], np.ndarray]:
+    """A deterministic training batch: images, labels, background kinds, masks (masks only for checks)."""
+    images, labels, kinds, masks = [], [], [], []
+    for i in range(batch_size):
+        rng = sample_rng(seed, "clip", step * batch_size + i)
+        n = 0 if rng.uniform() < bg_only_prob else None
+        s = generate_sample(rng, world, num_objects=n)
+        images.append(s.image)
+        labels.append(s.labels)
+        kinds.append(s.bg_kind)
+        masks.append(s.mask)
+    return np.stack(images), labels, kinds, np.stack(masks)
+
+
+def soft_targets(labels: List[List[int]], kinds: List[int], num_classes: int, num_bg: int, bg_share: float):
+    """(B, K+M) target distributions: present classes share 1 - bg_share, the background kind bg_share."""
+    t = torch.zeros(len(labels), num_classes + num_bg)
+    for b, (lab, kind) in enumerate(zip(labels, kinds)):
+        if lab:
+            t[b, lab] = (1.0 - bg_share) / len(lab)
+            t[b, num_classes + kind] = bg_share
+        else:
+            t[b, num_classes + kind] = 1.0
+    return t
+
+
+def image_embedding(model: open_clip.CLIP, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised proj(mean of ln_post(patch tokens)), (B, E) (spec §1.6; pool_type "avg")."""
+    return F.normalize(model.encode_image(images), dim=-1)
+
+
+def gradcam_check(
+    model: open_clip.CLIP, images: torch.Tensor, labels: List[List[int]], masks: np.ndarray, text: torch.Tensor,
+    num_classes: int, patch: int,
+) -> Dict[str, float]:
+    """Grad-CAM at the last block's LN1 output (spec §3) on a batch; localisation figures.
+
+    For every (image, present class): target = softmax prob of the class among [present fg; all bg prompts];
+    cam = ReLU(sum_c mean_xy(dp/dA_c) A_c) over patch tokens, min-max normalised.
+
+    Returns:
+        Dict[str, float]: ``argmax_in`` (fraction of CAMs whose peak patch lies in the object),
+        ``mass_in`` (mean fraction of CAM mass on the object's patches), ``cam_miou`` (mIoU of
+        argmax([0.4 background; upsampled CAMs]) against the masks, a crude proxy before refinement).
+    """
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    text_fg, text_bg = text[:num_classes], text[num_classes:]
+    grid = images.shape[-1] // patch
+    with torch.no_grad():
+        x = visual._embeds(images)
+        for blk in blocks[:-1]:
+            x = blk(x)
+    hits, mass, inter, union = [], [], np.zeros(num_classes + 1), np.zeros(num_classes + 1)
+    for b in range(images.shape[0]):
+        lab = labels[b]
+        if not lab:
+            continue
+        store = {}
+        handle = blocks[-1].ln_1.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
+        with torch.enable_grad():
+            z = blocks[-1](x[b : b + 1].detach())
+            handle.remove()
+            act = store["act"]
+            tok = visual.ln_post(z)[:, 1:].mean(1) @ visual.proj
+            logits = LOGIT_SCALE * F.normalize(tok, dim=-1) @ torch.cat([text_fg[lab], text_bg]).t()
+            prob = logits.softmax(-1)[0]
+            cams = []
+            for j in range(len(lab)):
+                (g,) = torch.autograd.grad(prob[j], act, retain_graph=True)
+                a, gg = act[0, 1:], g[0, 1:]  # (n, D) patch tokens
+                cam = F.relu(a @ gg.mean(0)).view(grid, grid)
+                cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+                cams.append(cam.detach())
+        gt = torch.from_numpy(masks[b]).long()
+        for j, c in enumerate(lab):
+            obj = F.avg_pool2d((gt == c + 1).float()[None, None], patch)[0, 0] > 0.5
+            if obj.any():
+                hits.append(float(obj.flatten()[cams[j].flatten().argmax()]))
+                mass.append(float((cams[j] * obj).sum() / (cams[j].sum() + 1e-7)))
+        up = F.interpolate(torch.stack(cams)[None], size=gt.shape, mode="bilinear", align_corners=False)[0]
+        score = torch.cat([torch.full((1,) + tuple(gt.shape), 0.4), up])
+        pred = torch.tensor([0] + [c + 1 for c in lab])[score.argmax(0)]
+        for c in range(num_classes + 1):
+            inter[c] += float(((pred == c) & (gt == c)).sum())
+            union[c] += float(((pred == c) | (gt == c)).sum())
+    iou = inter[union > 0] / union[union > 0]
+    return {"argmax_in": float(np.mean(hits)), "mass_in": float(np.mean(mass)), "cam_miou": float(iou.mean())}
+
+
+@torch.no_grad()
+def zero_shot(model: open_clip.CLIP, images: torch.Tensor, labels: List[List[int]], text_fg: torch.Tensor) -> float:
+    """Accuracy of argmax over the K class prompts on single-object images."""
+    emb = torch.cat([image_embedding(model, images[i : i + 64]) for i in range(0, len(images), 64)])
+    pred = (emb @ text_fg.t()).argmax(-1)
+    return float((pred == torch.tensor([lab[0] for lab in labels])).float().mean())
+
+
+def evaluate(model, cfg, world, tokenizer, prompts, mean, std, num_images: int, seed: int) -> Dict[str, float]:
+    """Zero-shot accuracy (single-object val images) and Grad-CAM figures (1-2 object val images)."""
+    model.eval()
+    k = cfg.data.num_classes - 1
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    single = [generate_sample(sample_rng(seed, "val", i), world, num_objects=1) for i in range(num_images)]
+    x = to_tensor(np.stack([s.image for s in single]), mean, std)
+    out = {"zero_shot_acc": zero_shot(model, x, [s.labels for s in single], text[:k])}
+    multi = [generate_sample(sample_rng(seed, "test", i), world) for i in range(min(num_images, 64))]
+    xm = to_tensor(np.stack([s.image for s in multi]), mean, std)
+    out.update(gradcam_check(model, xm, [s.labels for s in multi], np.stack([s.mask for s in multi]), text, k,
+                             model.visual.patch_size[0]))
+    model.train()
+    return out
+
+
+def save_safetensors(model: open_clip.CLIP, path: str, half: bool) -> None:
+    """Write the open_clip state dict atomically (fp16 storage when ``half``; the loader casts to fp32)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for key, value in model.state_dict().items():
+        if key == "attn_mask":  # a constant buffer rebuilt by open_clip
+            continue
+        value = value.detach().cpu().contiguous()
+        state[key] = value.half() if half and value.is_floating_point() else value
+    with atomic_path(path) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/toy.py", help="toy config (architecture, prompts, world)")
+    p.add_argument("--out", default="weclip/assets/toy_clip/toy_clip.safetensors")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--bg-share", type=float, default=0.25, help="target mass of the background prompt")
+    p.add_argument("--bg-only-prob", type=float, default=0.15, help="fraction of background-only images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="fixed torch threads (determinism)")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-images", type=int, default=200)
+    p.add_argument("--time-limit", type=float, default=0, help="stop after this many minutes (0 = no limit)")
+    p.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the size)")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    world = ToyWorldConfig.from_cfg(cfg.toy)
+    arch = cfg.model.backbone.arch.to_dict()
+    model = open_clip.CLIP(**arch)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(LOGIT_SCALE))
+    model.logit_scale.requires_grad_(False)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=arch["text_cfg"]["context_length"])
+    template = cfg.model.text.template
+    prompts = [template.format(n) for n in list(cfg.data.prompt_class_names) + list(cfg.data.prompt_bg_names)]
+    k, m = len(cfg.data.prompt_class_names), len(cfg.data.prompt_bg_names)
+    if m != len(TOY_BG_KINDS):
+        raise ValueError(f"{args.config}: data.prompt_bg_names must name the {len(TOY_BG_KINDS)} toy backgrounds")
+    tokens = tokenizer(prompts)
+    norm = cfg.data.norm_constants[cfg.data.normalize]
+    mean, std = list(norm.mean), list(norm.std)
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": other, "weight_decay": 0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:  # 1) linear warm-up
+            return args.lr * (step + 1) / args.warmup
+        t = (step - args.warmup) / max(1, args.steps - args.warmup)  # 2) cosine decay to 0
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    start, history = time.time(), []
+    model.train()
+    bar = tqdm(range(args.steps), desc="toy clip", mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        images, labels, kinds, _ = make_batch(args.seed, step, args.batch_size, world, args.bg_only_prob)
+        x = to_tensor(images, mean, std)
+        img = image_embedding(model, x)
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
+        logits = LOGIT_SCALE * img @ txt.t()
+        target = soft_targets(labels, kinds, k, m, args.bg_share)
+        loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        last = step + 1 == args.steps
+        over = args.time_limit and (time.time() - start) / 60 > args.time_limit
+        if (step + 1) % args.eval_every == 0 or last or over:
+            res = evaluate(model, cfg, world, tokenizer, prompts, mean, std, args.eval_images, args.seed)
+            res.update(step=step + 1, loss=float(loss), minutes=(time.time() - start) / 60)
+            history.append(res)
+            logger.info("step %d: %s", step + 1, json.dumps({k_: round(v, 4) for k_, v in res.items()}))
+            save_safetensors(model, args.out, half=not args.fp32)
+        if over:
+            logger.info("time limit reached at step %d", step + 1)
+            break
+    # Final figures on the weights as stored (fp16 round trip).
+    from safetensors.torch import load_file
+
+    stored = open_clip.CLIP(**arch)
+    stored.load_state_dict({k_: v.float() for k_, v in load_file(args.out).items()}, strict=False)
+    final = evaluate(stored, cfg, world, tokenizer, prompts, mean, std, args.eval_images, args.seed)
+    final.update(minutes=(time.time() - start) / 60, steps=len(history) and history[-1]["step"])
+    print(json.dumps({"final": final, "history": history}, indent=1))
+
+
+if __name__ == "__main__":
+    main(parse_args())
