@@ -8,6 +8,7 @@ them. Every mask is written atomically; an existing mask is never rewritten, onl
 import logging
 import multiprocessing as mp
 import os
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -110,7 +111,11 @@ def decode_coco_segmentation(segmentation: Any, height: int, width: int) -> np.n
         rle = segmentation
     else:
         raise ValueError(f"unknown segmentation format {type(segmentation).__name__}")
-    return np.asarray(mask_utils.decode(rle), dtype=np.uint8).reshape(height, width)
+    with warnings.catch_warnings():
+        # pycocotools' decode trips NumPy 2's copy-keyword deprecation; harmless, and once per call
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
+        decoded = mask_utils.decode(rle)
+    return np.asarray(decoded, dtype=np.uint8).reshape(height, width)
 
 
 def paint_coco_mask(
