@@ -138,3 +138,13 @@ def test_bad_logits_fn_and_inputs():
         msc_flip_inference(lambda x: x, torch.zeros(1, 3, 4, 4), scales=(), patch_size=1)
     with pytest.raises(KeyError, match="resize_long"):
         predict_from_cfg(lambda x: x, torch.zeros(1, 3, 4, 4), {"scales": [1.0], "flip": True}, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inputs_stay_on_their_device():
+    fn, _ = pooled_model(patch=2, bias=0.0)
+    x = torch.arange(1.0, 6.0).expand(1, 1, 2, 5).clone()
+    cpu = msc_flip_inference(fn, x, scales=(1.0, 0.75), resize_long=8, patch_size=2)
+    gpu = msc_flip_inference(fn, x.cuda(), scales=(1.0, 0.75), resize_long=8, patch_size=2)
+    assert gpu.logits.device.type == "cuda" and gpu.labels.device.type == "cuda"
+    torch.testing.assert_close(gpu.logits.cpu(), cpu.logits)

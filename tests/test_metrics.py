@@ -159,7 +159,24 @@ def _reduce_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_all_reduce_sums_over_two_ranks(tmp_path):
     # rank 0: 1 image of 4 pixels (0,0); rank 1: 2 images of 4 pixels (1,1)
     # -> hist diag [4, 8, 0], 3 images, identical on both ranks
-    mp.spawn(_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # fork: this tests the reduction, not the start method (spawn would re-import torch twice)
+    mp.start_processes(
+        _reduce_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )
     for rank in range(2):
         out = torch.load(tmp_path / f"{rank}.pt")
         assert out["hist"].tolist() == [[4, 0, 0], [0, 8, 0], [0, 0, 0]] and out["n"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_label_maps_count_like_cpu():
+    gt = torch.tensor([[0, 1], [1, 255]])
+    pred = torch.tensor([[0, 1], [0, 1]])
+    cpu, gpu = ConfusionMatrix(2), ConfusionMatrix(2)
+    cpu.update(pred, gt)
+    gpu.update(pred.cuda(), gt.cuda())
+    assert gpu.hist.device.type == "cpu" and gpu.hist.tolist() == cpu.hist.tolist()
