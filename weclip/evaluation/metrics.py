@@ -73,7 +73,8 @@ def _as_long_tensor(x: LabelMap, what: str, name: Optional[str]) -> torch.Tensor
             raise TypeError(
                 f"{_where(name)}{what} must hold integer labels, got numpy dtype {x.dtype}"
             )
-        return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64, copy=False)).reshape(-1)
+        arr = np.ascontiguousarray(x, dtype=np.int64)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy()).reshape(-1)
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise TypeError(
