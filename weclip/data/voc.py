@@ -148,8 +148,7 @@ class VOCDataset(Dataset):
         if missing:
             raise ValueError(
                 f"{len(missing)} name(s) of split list {self.split_file} are missing from "
-                f"label file "
-                f"{self.label_path} (first: {', '.join(missing[:5])})"
+                f"label file {self.label_path} (first: {', '.join(missing[:5])})"
             )
         if self.train:
             used = np.zeros(self.num_classes - 1, dtype=bool)
