@@ -16,8 +16,8 @@ Writes:
   of larger ones and an instance inside a crowd region keeps its class. Existing masks are kept
   (resume).
 * ``<out-dir>/train.txt``: train images whose mask shows at least one non-crowd class (spec §10:
-  82,081); ``<out-dir>/val.txt``: all val images (``--val-images annotated``: only those with at
-  least one annotation, the authors' 40,137).
+  82,081); ``<out-dir>/val.txt``: val images with at least one annotation, the authors' 40,137
+  (``--val-images all``: every val image, 40,504).
 * ``<out-dir>/cls_labels.txt``: ``name id id ...``, the 0-based ids of the classes visible in the
   mask (mask values 1..80 minus 1; what the authors' code reads from the mask, spec §3.1). Images
   with no visible class are left out.
@@ -63,8 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--val-images",
         choices=("all", "annotated"),
-        default="all",
-        help="val list: every val image, or only those with >= 1 annotation (authors: 40,137)",
+        default="annotated",
+        help="val list: images with >= 1 annotation (default: the authors' 40,137, spec §10), or every val image",
     )
     parser.add_argument(
         "--link-images",

@@ -26,7 +26,7 @@ data = dict(
     label_file="cls_labels.txt",  # "<name> <id> <id> ..." with 0-based foreground ids (in split_dir)
     mask_dir="SegmentationClass",  # SegmentationClass/{train,val}/<12-digit id>.png (tools/prepare_coco.py)
     train_split="train",  # 82,081 images with >= 1 class (spec §10)
-    val_split="val",  # all 40,504 val images; prepare_coco --val-images annotated: 40,137 (spec §10)
+    val_split="val",  # 40,137 val images with >= 1 annotation (spec §10); prepare_coco --val-images all: 40,504
     num_classes=81,  # incl. background
     class_names=("background",) + _coco_names,  # ids 0..80 in the VOC-style order of spec §2
     prompt_class_names=tuple(_prompted.get(n, n) for n in _coco_names),
