@@ -173,7 +173,9 @@ def test_rerun_is_a_noop_and_resumes(coco):
 
 
 def test_workers_give_the_same_masks(coco, tmp_path):
-    assert prepare_coco.main(coco["args"][:-1] + ["2"]) == 0  # --workers 2: a process pool
+    workers = coco["args"].index("--workers") + 1
+    args = coco["args"][:workers] + ["2"] + coco["args"][workers + 1 :]  # --workers 2: a process pool
+    assert prepare_coco.main(args) == 0
     pool_masks = {
         p.name: p.read_bytes() for p in (coco["root"] / "SegmentationClass").rglob("*.png")
     }
