@@ -110,7 +110,9 @@ class StandInWeCLIP(nn.Module):
         )
         self.calls = []  # iterations seen by forward, for tests
 
-    def forward(self, images: torch.Tensor, cls_labels=None, iteration=None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, cls_labels=None, iteration=None, out_size=None, valid=None
+    ) -> Dict[str, torch.Tensor]:
         self.calls.append(iteration)
         b, _, height, width = images.shape
         feats, _ = self.backbone.forward_blocks(images)
@@ -121,6 +123,8 @@ class StandInWeCLIP(nn.Module):
             return out
         with torch.no_grad():
             brightness = images.mean(dim=1)  # (B, H, W)
+            if out_size is not None:
+                brightness = F.interpolate(brightness[:, None], size=out_size, mode="bilinear")[:, 0]
             bright = brightness > brightness.flatten(1).mean(dim=1)[:, None, None]
             first = cls_labels.float().argmax(dim=1) + 1  # smallest present class id
             pseudo = torch.where(bright, first[:, None, None], torch.zeros_like(first)[:, None, None])

@@ -27,6 +27,7 @@ ckpt_interval, eval_interval, eval_split, eval_max_images, check_sync}``, ``loss
 ``data`` (datasets), ``model`` (through ``build_weclip``).
 """
 import contextlib
+import inspect
 import logging
 import os
 import resource
@@ -200,6 +201,7 @@ class Trainer:
         self.check_sync = bool(self.tcfg.get("check_sync", False))
         self.ignore_index = int(cfg.loss.ignore_index)
         self.num_classes = int(cfg.data.num_classes)
+        self.ignore_padding = bool(cfg.model.get("pseudo_label", {}).get("ignore_padding", False))
         self.use_amp = bool(self.tcfg.amp) and self.device.type == "cuda"
         if bool(self.tcfg.amp) and not self.use_amp:
             logger.warning("train.amp is set but the device is %s: bf16 autocast is CUDA-only, ignored", self.device)
@@ -217,10 +219,17 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.max_iters)
         self.model: nn.Module = self.model_without_ddp
         if dist_info.distributed:
+            # Buffers are constants (text embeddings, PAR kernels): no per-forward buffer broadcast. Newer torch
+            # renamed the switch (``forward_sync_buffers``) and deprecates the old one.
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                else {"broadcast_buffers": False}
+            )
             self.model = DistributedDataParallel(
                 self.model_without_ddp,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # buffers are constants (text embeddings, PAR kernels)
+                **no_sync,
             )
 
         if train_dataset is None:
@@ -314,15 +323,13 @@ class Trainer:
         """
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_labels"].to(self.device, non_blocking=True)
+        extra = {}
+        if self.ignore_padding:
+            # the model labels zero-padded crop pixels 255 (off by default: the authors label them, spec §12.5)
+            extra["valid"] = batch["valid"].to(self.device, non_blocking=True)
         with self._autocast():
-            out = self.model(images, cls_labels, iteration=iteration)
-        pseudo_labels = out["pseudo_labels"]
-        if self.cfg.model.get("pseudo_label", {}).get("ignore_padding", False) and "valid" in batch:
-            # zero-padded crop pixels -> ignore (off by default: the authors label them, spec §12.5)
-            valid = batch["valid"].to(self.device)
-            pseudo_labels = pseudo_labels.masked_fill(~valid, self.ignore_index)
-            out["pseudo_labels"] = pseudo_labels
-        losses = total_loss(out["seg_logits"].float(), out["aff"].float(), pseudo_labels, self.cfg.loss)
+            out = self.model(images, cls_labels, iteration=iteration, **extra)
+        losses = total_loss(out["seg_logits"].float(), out["aff"].float(), out["pseudo_labels"], self.cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         lr = self.optimizer.param_groups[0]["lr"]  # lr(t) with t = iteration - 1
@@ -332,8 +339,13 @@ class Trainer:
         out["lr"] = lr
         return out
 
-    def _check_sync(self, iteration: int) -> None:
-        """All-gather (sum, sum of squares) of the decoder weights in float64; error if ranks differ."""
+    def _check_sync(self, iteration: int, verbose: bool = False) -> None:
+        """All-gather (sum, sum of squares) of the decoder weights in float64; error if ranks differ.
+
+        Args:
+            iteration (int): the iteration just finished (for the messages).
+            verbose (bool): log the agreement at INFO (else DEBUG).
+        """
         with torch.no_grad():
             params = [p.detach().double() for p in decoder_of(self.model_without_ddp).parameters()]
             local = (
@@ -345,7 +357,13 @@ class Trainer:
                 f"train.check_sync: decoder weights differ between ranks after iteration {iteration}: "
                 + ", ".join(f"rank {r}: {c}" for r, c in enumerate(checksums))
             )
-        logger.debug("check_sync: iteration %d, %d ranks agree (checksum %r)", iteration, len(checksums), local)
+        logger.log(
+            logging.INFO if verbose else logging.DEBUG,
+            "check_sync: the %d ranks hold identical decoder weights after iteration %d (checksum %r)",
+            len(checksums),
+            iteration,
+            local,
+        )
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, Any]:
@@ -375,18 +393,19 @@ class Trainer:
         if self.start_iter >= self.max_iters:
             logger.info("Nothing to do: iteration %d >= train.max_iters %d", self.start_iter, self.max_iters)
         iteration = self.start_iter
+        log_interval = int(self.tcfg.log_interval)
         for iteration in range(self.start_iter + 1, self.max_iters + 1):
             batch = next(batches)
             out = self.train_step(batch, iteration)
             self.data_position += self.batch_size
             if self.check_sync and self.world_size > 1:
-                self._check_sync(iteration)
+                self._check_sync(iteration, verbose=iteration == 1 or iteration % log_interval == 0)
             losses = out["losses"]
             sums += torch.stack([losses["loss"], losses["seg_loss"], losses["aff_loss"]]).double()
             count += 1
             progress.update(1)
 
-            if iteration % int(self.tcfg.log_interval) == 0 or iteration == self.max_iters:
+            if iteration % log_interval == 0 or iteration == self.max_iters:
                 last_log = self._log(iteration, out, sums, count, time.perf_counter() - tick)
                 progress.set_postfix(loss=f"{last_log['loss']:.4f}", lr=f"{last_log['lr']:.2e}")
                 sums.zero_()
@@ -499,7 +518,8 @@ class Trainer:
         Each image is used at its original size, with the bottom/right remainder beyond a multiple of the
         patch size cropped off (what the authors' patch convolution ignores, see
         :func:`crop_to_patch_multiple`); the decoder logits are resized bilinearly to the mask size and
-        argmaxed, the pseudo-label is resized (nearest) from the cropped size to the mask size. The model runs
+        argmaxed; the refined CAMs and pseudo-labels are produced at the mask size (``out_size``: CAMs
+        resized to it, PAR on the image resized to it, as the authors' validation mode, spec §4.6). The model runs
         in eval mode (Dropout2d off; the authors validated in train mode) under ``no_grad`` (the model
         enables grad for Grad-CAM itself), with ``iteration=None`` (RFM). The first ``train.eval_max_images``
         images are split over the ranks (rank r takes r, r + W, ...); the confusion matrices are summed over
@@ -534,14 +554,15 @@ class Trainer:
                 image = crop_to_patch_multiple(item["image"], patch, name)[None].to(self.device)
                 cls_labels = item["cls_labels"][None].to(self.device)
                 with self._autocast():
-                    out = model(image, cls_labels, iteration=None)
+                    out = model(image, cls_labels, iteration=None, out_size=tuple(mask.shape))
                 logits = F.interpolate(
                     out["seg_logits"].float(), size=mask.shape, mode="bilinear", align_corners=False
                 )
                 decoder_cm.update(logits.argmax(dim=1)[0], mask, name=name)
-                pseudo = out["pseudo_labels"][:1, None].float()
-                pseudo = F.interpolate(pseudo, size=mask.shape, mode="nearest")[0, 0].long()
-                pseudo_cm.update(pseudo, mask, name=name)
+                pseudo = out["pseudo_labels"][:1]
+                if pseudo.shape[-2:] != mask.shape:  # a model that ignores out_size
+                    pseudo = F.interpolate(pseudo[:, None].float(), size=mask.shape, mode="nearest")[:, 0]
+                pseudo_cm.update(pseudo[0].long(), mask, name=name)
         pseudo_cm.all_reduce()
         decoder_cm.all_reduce()
         model.train()
