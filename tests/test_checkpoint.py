@@ -1,4 +1,5 @@
 """Checkpoints (weclip/engine/checkpoint.py) and RNG-state capture (weclip/utils/seed.py)."""
+
 import os
 import random
 
@@ -27,19 +28,29 @@ class _Model(torch.nn.Module):
     def __init__(self, num_classes=5):
         super().__init__()
         self.backbone = torch.nn.Linear(3, 3).requires_grad_(False)
-        self.decoder = WeCLIPDecoder(in_dim=8, num_inputs=2, embed_dim=8, num_heads=2, num_layers=1,
-                                     num_classes=num_classes)
+        self.decoder = WeCLIPDecoder(
+            in_dim=8, num_inputs=2, embed_dim=8, num_heads=2, num_layers=1, num_classes=num_classes
+        )
 
 
 def _config(**train):
-    return Config(dict(
-        model=dict(decoder=dict(embed_dim=8), backbone=dict(weights="a.pt")),
-        data=dict(root="data/x", split_dir="data/x", num_classes=5, crop_size=32),
-        loss=dict(seg_weight=1.0, aff_weight=0.1),
-        optim=dict(type="AdamW", lr=2e-4, head_lr_mult=10.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
-        sched=dict(warmup_iters=2, warmup_ratio=1e-6, power=1.0),
-        train=dict(max_iters=10, batch_size=4, seed=1, log_interval=5, **train),
-    ))
+    return Config(
+        dict(
+            model=dict(decoder=dict(embed_dim=8), backbone=dict(weights="a.pt")),
+            data=dict(root="data/x", split_dir="data/x", num_classes=5, crop_size=32),
+            loss=dict(seg_weight=1.0, aff_weight=0.1),
+            optim=dict(
+                type="AdamW",
+                lr=2e-4,
+                head_lr_mult=10.0,
+                betas=(0.9, 0.999),
+                eps=1e-8,
+                weight_decay=0.01,
+            ),
+            sched=dict(warmup_iters=2, warmup_ratio=1e-6, power=1.0),
+            train=dict(max_iters=10, batch_size=4, seed=1, log_interval=5, **train),
+        )
+    )
 
 
 def _save(work_dir, model, iteration=3, cfg=None, world=1):
@@ -47,8 +58,14 @@ def _save(work_dir, model, iteration=3, cfg=None, world=1):
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.max_iters)
     return save_checkpoint(
-        str(work_dir), model=model, optimizer=optimizer, scheduler=scheduler, iteration=iteration,
-        config=cfg, rng_states=[get_rng_state()] * world, data_positions=[iteration * 4 // world] * world,
+        str(work_dir),
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        iteration=iteration,
+        config=cfg,
+        rng_states=[get_rng_state()] * world,
+        data_positions=[iteration * 4 // world] * world,
         num_classes=5,
     )
 
@@ -122,7 +139,12 @@ def test_resume_compatibility_names_differing_keys(tmp_path):
     with pytest.raises(ValueError) as err:
         check_resume_compatible(ckpt, model, changed, 2, "c.pth")
     message = str(err.value)
-    for key in ("optim.lr", "train.max_iters", "data.crop_size", "world size: checkpoint 1 vs now 2"):
+    for key in (
+        "optim.lr",
+        "train.max_iters",
+        "data.crop_size",
+        "world size: checkpoint 1 vs now 2",
+    ):
         assert key in message
     assert "optim.weight_decay" not in message
 
@@ -130,7 +152,9 @@ def test_resume_compatibility_names_differing_keys(tmp_path):
 def test_architecture_mismatch_is_reported(tmp_path):
     ckpt = load_checkpoint(_save(tmp_path, _Model(num_classes=5)))
     other = _Model(num_classes=21)
-    with pytest.raises(ValueError, match=r"classifier.weight: checkpoint \(5, 8, 1, 1\) vs model \(21, 8, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"classifier.weight: checkpoint \(5, 8, 1, 1\) vs model \(21, 8, 1, 1\)"
+    ):
         check_resume_compatible(ckpt, other, _config(), 1, "c.pth")
     with pytest.raises(ValueError, match="class count differs"):
         load_decoder_checkpoint(other, str(tmp_path / "checkpoints" / "iter_3.pth"))
@@ -150,7 +174,10 @@ def test_load_decoder_checkpoint_for_inference(tmp_path):
     torch.save(trained.decoder.state_dict(), tmp_path / "bare.pth")
     assert load_decoder_checkpoint(_Model(), str(tmp_path / "bare.pth"))["iteration"] is None
     # a whole-model state dict with CLIP keys is refused with a hint
-    torch.save({"encoder.visual.proj": torch.zeros(2), **trained.decoder.state_dict()}, tmp_path / "whole.pth")
+    torch.save(
+        {"encoder.visual.proj": torch.zeros(2), **trained.decoder.state_dict()},
+        tmp_path / "whole.pth",
+    )
     with pytest.raises(ValueError, match="CLIP/whole-model keys"):
         load_decoder_checkpoint(_Model(), str(tmp_path / "whole.pth"))
     with pytest.raises(FileNotFoundError, match="nope.pth"):

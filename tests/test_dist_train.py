@@ -1,4 +1,5 @@
 """Distributed training on CPU: weclip/utils/dist.py and tools/dist_train.sh with 2 gloo processes."""
+
 import glob
 import os
 import shutil
@@ -7,8 +8,15 @@ import subprocess
 
 import pytest
 import torch
+from train_helpers import (
+    REPO,
+    VENV_BIN,
+    make_toy_root,
+    single_thread,
+    tiny_config,
+    tiny_config_text,
+)
 
-from train_helpers import REPO, VENV_BIN, make_toy_root, single_thread, tiny_config, tiny_config_text
 from weclip.engine.checkpoint import load_checkpoint
 from weclip.engine.trainer import Trainer
 from weclip.utils import dist as dist_utils
@@ -54,9 +62,22 @@ def _free_port() -> int:
 
 def _dist_train(config: str, work_dir: str, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env.update(PATH=VENV_BIN + os.pathsep + env.get("PATH", ""), PORT=str(_free_port()), OMP_NUM_THREADS="1")
-    cmd = ["bash", os.path.join(REPO, "tools", "dist_train.sh"), config, "2", "--device", "cpu",
-           "--work-dir", work_dir, *extra]
+    env.update(
+        PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
+        PORT=str(_free_port()),
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        "bash",
+        os.path.join(REPO, "tools", "dist_train.sh"),
+        config,
+        "2",
+        "--device",
+        "cpu",
+        "--work-dir",
+        work_dir,
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(REPO))
 
 
@@ -65,20 +86,37 @@ def test_two_cpu_processes_stay_in_sync_and_resume(tmp_path):
     root = make_toy_root(str(tmp_path))
     config = tmp_path / "tiny.py"
     # total batch 4 -> 2 images per rank; check_sync compares the decoder weights of both ranks every step
-    config.write_text(tiny_config_text(root, max_iters=6, batch_size=4, ckpt_interval=3, eval_interval=3,
-                                       eval_max_images=3, vis_interval=3, log_interval=2, check_sync=True))
+    config.write_text(
+        tiny_config_text(
+            root,
+            max_iters=6,
+            batch_size=4,
+            ckpt_interval=3,
+            eval_interval=3,
+            eval_max_images=3,
+            vis_interval=3,
+            log_interval=2,
+            check_sync=True,
+        )
+    )
     first = _dist_train(str(config), str(tmp_path / "a"))
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
     log = open(glob.glob(str(tmp_path / "a" / "*.log"))[0]).read()
     assert "World size 2, total batch 4 -> 2 image(s) per rank" in log
     for it in (1, 2, 4, 6):
-        assert f"check_sync: the 2 ranks hold identical decoder weights after iteration {it} " in log
-    assert "val it 3 on val (3 images)" in log  # 2 + 1 images on the two ranks, matrices all-reduced
+        assert (
+            f"check_sync: the 2 ranks hold identical decoder weights after iteration {it} " in log
+        )
+    assert (
+        "val it 3 on val (3 images)" in log
+    )  # 2 + 1 images on the two ranks, matrices all-reduced
 
     ckpt = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "iter_3.pth"))
     assert ckpt["world_size"] == 2 and ckpt["data_positions"] == [6, 6]  # 3 iterations x 2 images
     states = ckpt["rng_states"]
-    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # seed + rank
+    assert len(states) == 2 and not torch.equal(
+        states[0]["torch"], states[1]["torch"]
+    )  # seed + rank
 
     # resume from iteration 3 in a fresh work dir with 2 processes: the same final weights, bit for bit
     os.makedirs(tmp_path / "b" / "checkpoints")
@@ -94,10 +132,22 @@ def test_two_cpu_processes_stay_in_sync_and_resume(tmp_path):
 
     # one process cannot continue a 2-process run: the world size is part of the optimisation
     with single_thread():
-        trainer = Trainer(tiny_config(str(tmp_path / "c"), root, check_sync=True, max_iters=6, batch_size=4,
-                                      ckpt_interval=3, eval_interval=3, eval_max_images=3, vis_interval=3,
-                                      log_interval=2),
-                          str(tmp_path / "c" / "work"), init_distributed("none", "cpu"))
+        trainer = Trainer(
+            tiny_config(
+                str(tmp_path / "c"),
+                root,
+                check_sync=True,
+                max_iters=6,
+                batch_size=4,
+                ckpt_interval=3,
+                eval_interval=3,
+                eval_max_images=3,
+                vis_interval=3,
+                log_interval=2,
+            ),
+            str(tmp_path / "c" / "work"),
+            init_distributed("none", "cpu"),
+        )
         with pytest.raises(ValueError, match="world size: checkpoint 2 vs now 1"):
             trainer.resume(str(tmp_path / "a" / "checkpoints" / "iter_3.pth"))
         trainer.close()

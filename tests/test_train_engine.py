@@ -4,6 +4,7 @@ CPU only, tiny random CLIP, toy data at 32 px written to tmp_path. The in-proces
 model with the WeCLIP forward contract (tests/train_helpers.py); the subprocess tests run tools/train.py
 with the real model.
 """
+
 import glob
 import importlib.util
 import os
@@ -16,7 +17,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import (
     REPO,
     VENV_BIN,
@@ -26,6 +26,7 @@ from train_helpers import (
     tiny_config,
     tiny_config_text,
 )
+
 from weclip.engine.checkpoint import find_latest_checkpoint, load_checkpoint
 from weclip.engine.optim import lr_factor
 from weclip.engine.trainer import (
@@ -105,8 +106,10 @@ def test_first_step_uses_lr_zero_and_passes_iteration(tmp_path, toy_root):
     assert trainer.model_without_ddp.calls == [1, 2]
     assert set(out["losses"]) == {"loss", "seg_loss", "aff_loss"}
     # total = 1 * L_seg + 0.1 * L_aff (spec §7.3)
-    l = out["losses"]
-    assert float(l["loss"]) == pytest.approx(float(l["seg_loss"]) + 0.1 * float(l["aff_loss"]), rel=1e-6)
+    parts = out["losses"]
+    assert float(parts["loss"]) == pytest.approx(
+        float(parts["seg_loss"]) + 0.1 * float(parts["aff_loss"]), rel=1e-6
+    )
     # CLIP is frozen: only decoder tensors are optimised
     optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert optimised == {id(p) for p in trainer.model_without_ddp.decoder.parameters()}
@@ -128,7 +131,9 @@ def test_check_sync_detects_diverged_ranks(tmp_path, toy_root, monkeypatch):
     import weclip.engine.trainer as trainer_module
 
     trainer = _trainer(tmp_path, toy_root)
-    monkeypatch.setattr(trainer_module, "all_gather_object", lambda obj: [obj, [obj[0] + 1.0, obj[1]]])
+    monkeypatch.setattr(
+        trainer_module, "all_gather_object", lambda obj: [obj, [obj[0] + 1.0, obj[1]]]
+    )
     with pytest.raises(RuntimeError, match="differ between ranks after iteration 7"):
         trainer._check_sync(7)
     monkeypatch.setattr(trainer_module, "all_gather_object", lambda obj: [obj, list(obj)])
@@ -155,20 +160,36 @@ def test_train_loop_writes_checkpoints_logs_and_validates(tmp_path, toy_root):
     val = result["last_val"]
     assert val["num_images"] == 3
     assert 0.0 <= val["pseudo_miou"] <= 1.0 and 0.0 <= val["decoder_miou"] <= 1.0
-    assert trainer.model_without_ddp.calls.count(None) == 6  # 2 validations x 3 images, iteration=None
+    assert (
+        trainer.model_without_ddp.calls.count(None) == 6
+    )  # 2 validations x 3 images, iteration=None
     assert trainer.model_without_ddp.training  # back in train mode
     log = result["last_log"]
-    assert set(log) >= {"loss", "seg_loss", "aff_loss", "lr", "pixel_acc", "img_per_s", "memory_mib"}
+    assert set(log) >= {
+        "loss",
+        "seg_loss",
+        "aff_loss",
+        "lr",
+        "pixel_acc",
+        "img_per_s",
+        "memory_mib",
+    }
     assert log["memory_mib"] > 0 and log["img_per_s"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(work / "tb"))
     events.Reload()
-    assert events.Tags()["images"] == ["train/input_cam_refined_pseudo_pred"]  # vis_interval 3 -> 3, 6
+    assert events.Tags()["images"] == [
+        "train/input_cam_refined_pseudo_pred"
+    ]  # vis_interval 3 -> 3, 6
     assert [e.step for e in events.Images("train/input_cam_refined_pseudo_pred")] == [3, 6]
-    assert {"train/loss", "train/lr", "train/pixel_acc", "val/pseudo_miou", "val/decoder_miou"} <= set(
-        events.Tags()["scalars"]
-    )
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/pixel_acc",
+        "val/pseudo_miou",
+        "val/decoder_miou",
+    } <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]  # log_interval 2
 
 
@@ -217,7 +238,10 @@ def test_colorize_blend_denormalize():
     colours = colorize_labels(labels)
     assert colours.shape == (2, 2, 3) and colours[1, 1].tolist() == [255, 255, 255]
     # blend: 0.75 * 100 + 0.25 * 200 = 125
-    assert blend(np.full((1, 1, 3), 100, np.uint8), np.full((1, 1, 3), 200, np.uint8), 0.25)[0, 0, 0] == 125
+    assert (
+        blend(np.full((1, 1, 3), 100, np.uint8), np.full((1, 1, 3), 200, np.uint8), 0.25)[0, 0, 0]
+        == 125
+    )
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
     rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.uint8)
     normed = (rgb.astype(np.float32) - np.array(mean)) / np.array(std)
@@ -232,7 +256,9 @@ def test_colorize_blend_denormalize():
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _load_train_tool():
-    spec = importlib.util.spec_from_file_location("train_tool", os.path.join(REPO, "tools", "train.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_tool", os.path.join(REPO, "tools", "train.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -242,7 +268,9 @@ def test_train_cli_arguments():
     tool = _load_train_tool()
     args = tool.parse_args(["cfg.py", "--resume", "--device", "cpu"])
     assert args.resume == "auto" and args.launcher == "none" and args.cfg_options == {}
-    args = tool.parse_args(["cfg.py", "--resume", "w/iter_4.pth", "--cfg-options", "train.max_iters=8"])
+    args = tool.parse_args(
+        ["cfg.py", "--resume", "w/iter_4.pth", "--cfg-options", "train.max_iters=8"]
+    )
     assert args.resume == "w/iter_4.pth" and args.cfg_options == {"train.max_iters": 8}
     assert tool.parse_args(["cfg.py"]).resume is None
 
@@ -255,8 +283,16 @@ def _env():
 
 
 def _train_cmd(config, work_dir, *extra):
-    return [sys.executable, os.path.join(REPO, "tools", "train.py"), config, "--work-dir", work_dir,
-            "--device", "cpu", *extra]
+    return [
+        sys.executable,
+        os.path.join(REPO, "tools", "train.py"),
+        config,
+        "--work-dir",
+        work_dir,
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -265,29 +301,50 @@ def test_killed_run_resumes_bit_identical(tmp_path, toy_root):
     compare the final decoder weights with an uninterrupted run: bit-identical on CPU."""
     config = str(tmp_path / "tiny.py")
     (tmp_path / "tiny.py").write_text(
-        tiny_config_text(toy_root, max_iters=30, ckpt_interval=2, eval_interval=10, eval_max_images=2,
-                         vis_interval=15, log_interval=10)
+        tiny_config_text(
+            toy_root,
+            max_iters=30,
+            ckpt_interval=2,
+            eval_interval=10,
+            eval_max_images=2,
+            vis_interval=15,
+            log_interval=10,
+        )
     )  # 30 iterations: a window of seconds between the first checkpoint and the end, for the kill
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    clean = subprocess.run(_train_cmd(config, full), env=_env(), capture_output=True, text=True, timeout=300)
+    clean = subprocess.run(
+        _train_cmd(config, full), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
 
-    proc = subprocess.Popen(_train_cmd(config, killed), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(config, killed),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     latest = os.path.join(killed, "checkpoints", "latest")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if os.path.isfile(latest) and open(latest).read().strip():
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-3000:]
+    assert proc.poll() is None, (
+        "the run ended before it could be killed: " + proc.stderr.read()[-3000:]
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed_at = load_checkpoint(find_latest_checkpoint(killed))["iteration"]
     assert killed_at < 30 and not os.path.exists(os.path.join(killed, "checkpoints", "iter_30.pth"))
 
-    resumed = subprocess.run(_train_cmd(config, killed, "--resume"), env=_env(), capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        _train_cmd(config, killed, "--resume"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"iteration {killed_at} of 30" in resumed.stderr  # "Resumed from ...: iteration k of 30"
     a = load_checkpoint(os.path.join(full, "checkpoints", "iter_30.pth"))

@@ -1,4 +1,5 @@
 """Shared pieces of the training-engine tests: tiny toy data, tiny configs, a stand-in WeCLIP."""
+
 import contextlib
 import os
 import textwrap
@@ -20,7 +21,9 @@ VENV_BIN = os.path.dirname(os.path.abspath(os.sys.executable))
 TINY_ARCH = dict(
     embed_dim=32,
     quick_gelu=True,
-    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"),
+    vision_cfg=dict(
+        image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"
+    ),
     text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
 )
 
@@ -37,7 +40,9 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def make_toy_root(directory: str, image_size: int = 32, num_train: int = 8, num_val: int = 4) -> str:
+def make_toy_root(
+    directory: str, image_size: int = 32, num_train: int = 8, num_val: int = 4
+) -> str:
     """A toy world in the VOC layout (4 shape classes) under ``directory/toy``."""
     root = os.path.join(directory, "toy")
     world = ToyWorldConfig(image_size=image_size, num_classes=4, min_objects=1, max_objects=2)
@@ -124,12 +129,18 @@ class StandInWeCLIP(nn.Module):
         with torch.no_grad():
             brightness = images.mean(dim=1)  # (B, H, W)
             if out_size is not None:
-                brightness = F.interpolate(brightness[:, None], size=out_size, mode="bilinear")[:, 0]
+                brightness = F.interpolate(brightness[:, None], size=out_size, mode="bilinear")[
+                    :, 0
+                ]
             bright = brightness > brightness.flatten(1).mean(dim=1)[:, None, None]
             first = cls_labels.float().argmax(dim=1) + 1  # smallest present class id
-            pseudo = torch.where(bright, first[:, None, None], torch.zeros_like(first)[:, None, None])
+            pseudo = torch.where(
+                bright, first[:, None, None], torch.zeros_like(first)[:, None, None]
+            )
             batch_index, class_index = cls_labels.nonzero(as_tuple=True)
-            span = brightness.amax(dim=(1, 2), keepdim=True) - brightness.amin(dim=(1, 2), keepdim=True)
+            span = brightness.amax(dim=(1, 2), keepdim=True) - brightness.amin(
+                dim=(1, 2), keepdim=True
+            )
             norm = (brightness - brightness.amin(dim=(1, 2), keepdim=True)) / (span + 1e-7)
             cams_refined = norm[batch_index]  # (P, H, W)
             cams = F.adaptive_avg_pool2d(cams_refined[:, None], grid)[:, 0]  # (P, h, w)

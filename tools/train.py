@@ -19,6 +19,7 @@ Resume: ``--resume`` (= ``--resume auto``) continues from WORK_DIR/checkpoints/l
 ``--resume PATH`` from that checkpoint. Outputs in WORK_DIR (CLI --work-dir > ``work_dir`` in the config >
 work_dirs/<config name>): config.py (resolved), <timestamp>.log, tb/ (TensorBoard), checkpoints/.
 """
+
 import argparse
 import logging
 import os
@@ -38,7 +39,9 @@ logger = logging.getLogger("weclip")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train WeCLIP", formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Train WeCLIP", formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("config", help="config file, e.g. configs/voc.py")
     parser.add_argument("--work-dir", help="where logs, TensorBoard and checkpoints go")
     parser.add_argument(
@@ -57,17 +60,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         default={},
         help="override existing config keys, e.g. train.max_iters=1000 data.root=/data/VOC2012",
     )
-    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun")
+    parser.add_argument(
+        "--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun"
+    )
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="default: cuda when available",
     )
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast of the forward on CUDA (sets train.amp)")
-    parser.add_argument("--seed", type=int, default=None, help="overrides train.seed (each rank uses seed + rank)")
+    parser.add_argument(
+        "--amp", action="store_true", help="bf16 autocast of the forward on CUDA (sets train.amp)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="overrides train.seed (each rank uses seed + rank)"
+    )
     # torch.distributed.launch passes --local-rank; torchrun uses the LOCAL_RANK variable instead.
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)

@@ -24,6 +24,7 @@ the model being trained, and so must the config entries that change the optimisa
 (:data:`RESUME_CONFIG_KEYS`, the world size included). Paths in :data:`RESUME_IGNORED_KEYS` may differ
 (data moved to another disk).
 """
+
 import logging
 import os
 import time
@@ -83,12 +84,19 @@ RESUME_CONFIG_KEYS = (
     "train.seed",
 )
 # Dotted keys under RESUME_CONFIG_KEYS that are locations, not settings: they may change between runs.
-RESUME_IGNORED_KEYS = ("data.root", "data.split_dir", "model.backbone.weights", "model.backbone.allow_download")
+RESUME_IGNORED_KEYS = (
+    "data.root",
+    "data.split_dir",
+    "model.backbone.weights",
+    "model.backbone.allow_download",
+)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or ``model`` itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -201,7 +209,9 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
     with open(pointer) as f:
         name = f.read().strip()
     if not name or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"{pointer}: expected a checkpoint file name such as 'iter_2000.pth', got {name!r}")
+        raise ValueError(
+            f"{pointer}: expected a checkpoint file name such as 'iter_2000.pth', got {name!r}"
+        )
     path = os.path.join(checkpoint_dir(work_dir), name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{pointer} names {name}, but {path} does not exist")
@@ -234,7 +244,9 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
             "alone use load_decoder_checkpoint"
         )
     if state["schema"] != CHECKPOINT_SCHEMA:
-        raise ValueError(f"Checkpoint {path} has schema {state['schema']!r}, expected {CHECKPOINT_SCHEMA!r}")
+        raise ValueError(
+            f"Checkpoint {path} has schema {state['schema']!r}, expected {CHECKPOINT_SCHEMA!r}"
+        )
     return state
 
 
@@ -258,10 +270,14 @@ def check_state_dict_compatible(
     if not (missing or unexpected or shapes):
         return
     lines = [f"Decoder in {source} does not match the model:"]
-    clip_like = [k for k in unexpected if k.startswith(("backbone.", "encoder.", "visual.", "transformer."))]
+    clip_like = [
+        k for k in unexpected if k.startswith(("backbone.", "encoder.", "visual.", "transformer."))
+    ]
     if clip_like:
-        lines.append(f"  it holds CLIP/whole-model keys ({clip_like[0]}, ...): is it an authors' checkpoint? "
-                     "convert it with tools/convert_official_checkpoint.py")
+        lines.append(
+            f"  it holds CLIP/whole-model keys ({clip_like[0]}, ...): is it an authors' checkpoint? "
+            "convert it with tools/convert_official_checkpoint.py"
+        )
     if missing:
         lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}")
     if unexpected:
@@ -283,7 +299,9 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix: tree}
 
 
-def _select(flat: Mapping[str, Any], roots: Iterable[str], ignored: Iterable[str]) -> Dict[str, Any]:
+def _select(
+    flat: Mapping[str, Any], roots: Iterable[str], ignored: Iterable[str]
+) -> Dict[str, Any]:
     roots, ignored = tuple(roots), tuple(ignored)
 
     def under(key: str, names: Tuple[str, ...]) -> bool:
@@ -325,12 +343,16 @@ def check_resume_compatible(
     if differing:
         raise ValueError(
             f"Cannot resume from {source}: settings that change the optimisation differ "
-            f"({len(differing)}):\n  " + "\n  ".join(differing) + "\nStart a new work dir, or resume with "
+            f"({len(differing)}):\n  "
+            + "\n  ".join(differing)
+            + "\nStart a new work dir, or resume with "
             "the same config (--cfg-options) and number of processes."
         )
 
 
-def load_decoder_checkpoint(model: nn.Module, path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+def load_decoder_checkpoint(
+    model: nn.Module, path: str, map_location: Any = "cpu"
+) -> Dict[str, Any]:
     """Load decoder weights for inference from a training checkpoint (or a bare decoder state dict).
 
     Args:
@@ -351,10 +373,14 @@ def load_decoder_checkpoint(model: nn.Module, path: str, map_location: Any = "cp
         raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict")
     weights = state["model"] if "model" in state and isinstance(state["model"], Mapping) else state
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ValueError(f"Checkpoint {path}: no decoder state dict ('model' entry of tensors) found")
+        raise ValueError(
+            f"Checkpoint {path}: no decoder state dict ('model' entry of tensors) found"
+        )
     decoder = decoder_of(model)
     check_state_dict_compatible(decoder.state_dict(), weights, path)
     decoder.load_state_dict(weights, strict=True)
     iteration = state.get("iteration") if weights is not state else None
-    logger.info("Loaded decoder weights from %s%s", path, f" (iteration {iteration})" if iteration else "")
+    logger.info(
+        "Loaded decoder weights from %s%s", path, f" (iteration {iteration})" if iteration else ""
+    )
     return {"iteration": iteration, "config": state.get("config") if weights is not state else None}

@@ -26,6 +26,7 @@ Config keys read: ``train.{max_iters, batch_size, seed, num_workers, amp, log_in
 ckpt_interval, eval_interval, eval_split, eval_max_images, check_sync}``, ``loss``, ``optim``, ``sched``,
 ``data`` (datasets), ``model`` (through ``build_weclip``).
 """
+
 import contextlib
 import inspect
 import logging
@@ -56,7 +57,13 @@ from weclip.utils.logging import create_tb_writer
 from weclip.utils.seed import get_rng_state, seed_everything, set_rng_state
 from weclip.utils.visualize import cam_overlay, denormalize, hstack_panels, label_overlay
 
-__all__ = ["Trainer", "per_rank_batch_size", "process_memory_mib", "pixel_accuracy", "crop_to_patch_multiple"]
+__all__ = [
+    "Trainer",
+    "per_rank_batch_size",
+    "process_memory_mib",
+    "pixel_accuracy",
+    "crop_to_patch_multiple",
+]
 
 logger = logging.getLogger("weclip")
 
@@ -114,10 +121,15 @@ def process_memory_mib(device: torch.device) -> Dict[str, float]:
             pages = int(f.read().split()[1])  # resident set size in pages
         return {"memory_mib": pages * os.sysconf("SC_PAGE_SIZE") / 2**20, "kind": "rss"}
     except (OSError, ValueError, IndexError):  # not Linux: peak RSS (kB on Linux, bytes on macOS)
-        return {"memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "kind": "rss"}
+        return {
+            "memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "kind": "rss",
+        }
 
 
-def pixel_accuracy(seg_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> float:
+def pixel_accuracy(
+    seg_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
+) -> float:
     """Share of non-ignored pixels where the decoder's argmax equals the pseudo-label (spec §8 logging).
 
     Args:
@@ -129,7 +141,9 @@ def pixel_accuracy(seg_logits: torch.Tensor, labels: torch.Tensor, ignore_index:
         float: in [0, 1]; NaN when every pixel is ignored.
     """
     with torch.no_grad():
-        logits = F.interpolate(seg_logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            seg_logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+        )
         pred = logits.argmax(dim=1)
         valid = labels != ignore_index
         count = int(valid.sum())
@@ -153,7 +167,9 @@ def crop_to_patch_multiple(image: torch.Tensor, patch_size: int, name: str = "")
     h, w = image.shape[-2:]
     hc, wc = (h // patch_size) * patch_size, (w // patch_size) * patch_size
     if hc == 0 or wc == 0:
-        raise ValueError(f"image {name!r} is {w}x{h} (WxH), smaller than the {patch_size}-pixel patch")
+        raise ValueError(
+            f"image {name!r} is {w}x{h} (WxH), smaller than the {patch_size}-pixel patch"
+        )
     return image[..., :hc, :wc]
 
 
@@ -186,7 +202,9 @@ class Trainer:
     ) -> None:
         missing = [k for k in _TRAIN_KEYS if k not in cfg.train]
         if missing:
-            raise KeyError(f"train config lacks {missing} (see configs/_base_/schedules/poly_30k.py)")
+            raise KeyError(
+                f"train config lacks {missing} (see configs/_base_/schedules/poly_30k.py)"
+            )
         self.cfg = cfg
         self.tcfg = cfg.train
         self.work_dir = work_dir
@@ -204,12 +222,17 @@ class Trainer:
         self.ignore_padding = bool(cfg.model.get("pseudo_label", {}).get("ignore_padding", False))
         self.use_amp = bool(self.tcfg.amp) and self.device.type == "cuda"
         if bool(self.tcfg.amp) and not self.use_amp:
-            logger.warning("train.amp is set but the device is %s: bf16 autocast is CUDA-only, ignored", self.device)
+            logger.warning(
+                "train.amp is set but the device is %s: bf16 autocast is CUDA-only, ignored",
+                self.device,
+            )
 
         # Same seed on every rank for construction (identical random CLIP/decoder init), then seed + rank.
         seed_everything(self.seed)
         if model_builder is None:
-            from weclip.models.weclip import build_weclip as model_builder  # lazy: tests inject small models
+            from weclip.models.weclip import (
+                build_weclip as model_builder,  # lazy: tests inject small models
+            )
         model = model_builder(cfg)
         self.model_without_ddp = model.to(self.device)
         self.model_without_ddp.train()
@@ -223,7 +246,8 @@ class Trainer:
             # renamed the switch (``forward_sync_buffers``) and deprecates the old one.
             no_sync = (
                 {"forward_sync_buffers": False}
-                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                if "forward_sync_buffers"
+                in inspect.signature(DistributedDataParallel.__init__).parameters
                 else {"broadcast_buffers": False}
             )
             self.model = DistributedDataParallel(
@@ -329,7 +353,9 @@ class Trainer:
             extra["valid"] = batch["valid"].to(self.device, non_blocking=True)
         with self._autocast():
             out = self.model(images, cls_labels, iteration=iteration, **extra)
-        losses = total_loss(out["seg_logits"].float(), out["aff"].float(), out["pseudo_labels"], self.cfg.loss)
+        losses = total_loss(
+            out["seg_logits"].float(), out["aff"].float(), out["pseudo_labels"], self.cfg.loss
+        )
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         lr = self.optimizer.param_groups[0]["lr"]  # lr(t) with t = iteration - 1
@@ -349,7 +375,9 @@ class Trainer:
         with torch.no_grad():
             params = [p.detach().double() for p in decoder_of(self.model_without_ddp).parameters()]
             local = (
-                torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)]).cpu().tolist()
+                torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])
+                .cpu()
+                .tolist()
             )
         checksums = all_gather_object(local)
         if any(c != checksums[0] for c in checksums):
@@ -391,7 +419,9 @@ class Trainer:
             mininterval=1.0,
         )
         if self.start_iter >= self.max_iters:
-            logger.info("Nothing to do: iteration %d >= train.max_iters %d", self.start_iter, self.max_iters)
+            logger.info(
+                "Nothing to do: iteration %d >= train.max_iters %d", self.start_iter, self.max_iters
+            )
         iteration = self.start_iter
         log_interval = int(self.tcfg.log_interval)
         for iteration in range(self.start_iter + 1, self.max_iters + 1):
@@ -418,7 +448,9 @@ class Trainer:
                 last_val = self.validate(iteration)
                 tick = time.perf_counter()  # keep validation out of the throughput
             ckpt_interval = int(self.tcfg.ckpt_interval)
-            if (ckpt_interval > 0 and iteration % ckpt_interval == 0) or iteration == self.max_iters:
+            if (
+                ckpt_interval > 0 and iteration % ckpt_interval == 0
+            ) or iteration == self.max_iters:
                 self.save(iteration)
                 tick = time.perf_counter()
         progress.close()
@@ -432,7 +464,9 @@ class Trainer:
         self, iteration: int, out: Dict[str, Any], sums: torch.Tensor, count: int, seconds: float
     ) -> Dict[str, float]:
         """Mean losses over the interval (and over ranks), lr, throughput, memory, pseudo-label accuracy."""
-        stats = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=sums.device)])
+        stats = torch.cat(
+            [sums, torch.tensor([float(count)], dtype=torch.float64, device=sums.device)]
+        )
         stats = all_reduce_sum(stats.clone())
         means = (stats[:3] / stats[3]).tolist()
         memory = process_memory_mib(self.device)
@@ -459,7 +493,9 @@ class Trainer:
             record["img_per_s"],
             record["memory_mib"],
             memory["kind"],
-            time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 3600:.0f} h",
+            time.strftime("%H:%M:%S", time.gmtime(remaining))
+            if remaining < 86400
+            else f"{remaining / 3600:.0f} h",
         )
         if self.writer is not None:
             for key, value in record.items():
@@ -473,15 +509,26 @@ class Trainer:
         with torch.no_grad():
             rgb = denormalize(batch["image"][0], self.norm["mean"], self.norm["std"])
             size = rgb.shape[:2]
-            pairs = (out["batch_index"] == 0).nonzero().flatten().tolist() if "batch_index" in out else []
+            pairs = (
+                (out["batch_index"] == 0).nonzero().flatten().tolist()
+                if "batch_index" in out
+                else []
+            )
             panels = [rgb]
             if pairs:  # first present class of image 0
                 panels.append(cam_overlay(rgb, out["cams"][pairs[0]]))
                 panels.append(cam_overlay(rgb, out["cams_refined"][pairs[0]]))
-            logits = F.interpolate(out["seg_logits"][:1].float(), size=size, mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                out["seg_logits"][:1].float(), size=size, mode="bilinear", align_corners=False
+            )
             panels.append(label_overlay(rgb, out["pseudo_labels"][0]))
             panels.append(label_overlay(rgb, logits.argmax(dim=1)[0]))
-        self.writer.add_image("train/input_cam_refined_pseudo_pred", hstack_panels(panels), iteration, dataformats="HWC")
+        self.writer.add_image(
+            "train/input_cam_refined_pseudo_pred",
+            hstack_panels(panels),
+            iteration,
+            dataformats="HWC",
+        )
 
     def save(self, iteration: int) -> Optional[str]:
         """Gather every rank's RNG state and data position; rank 0 writes the checkpoint (see checkpoint.py)."""
@@ -509,7 +556,9 @@ class Trainer:
         if self._eval_dataset is None:
             from weclip.data import build_dataset
 
-            self._eval_dataset = build_dataset(self.cfg.data, self.tcfg.eval_split, train=False, with_labels=True)
+            self._eval_dataset = build_dataset(
+                self.cfg.data, self.tcfg.eval_split, train=False, with_labels=True
+            )
         return self._eval_dataset
 
     def validate(self, iteration: int) -> Dict[str, float]:
@@ -542,7 +591,9 @@ class Trainer:
         decoder_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
         indices = range(self.rank, total, self.world_size)
         with torch.no_grad():
-            for index in tqdm(indices, desc=f"val {iteration}", disable=not self.is_main, leave=False):
+            for index in tqdm(
+                indices, desc=f"val {iteration}", disable=not self.is_main, leave=False
+            ):
                 item = dataset[index]
                 name = item.get("name", str(index))
                 if "mask" not in item or "cls_labels" not in item:
@@ -561,7 +612,9 @@ class Trainer:
                 decoder_cm.update(logits.argmax(dim=1)[0], mask, name=name)
                 pseudo = out["pseudo_labels"][:1]
                 if pseudo.shape[-2:] != mask.shape:  # a model that ignores out_size
-                    pseudo = F.interpolate(pseudo[:, None].float(), size=mask.shape, mode="nearest")[:, 0]
+                    pseudo = F.interpolate(
+                        pseudo[:, None].float(), size=mask.shape, mode="nearest"
+                    )[:, 0]
                 pseudo_cm.update(pseudo[0].long(), mask, name=name)
         pseudo_cm.all_reduce()
         decoder_cm.all_reduce()
@@ -617,4 +670,3 @@ def run_training(
         return trainer.train()
     finally:
         trainer.close()
-

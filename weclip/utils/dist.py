@@ -6,6 +6,7 @@ and joins the default process group (NCCL on GPU, gloo on CPU). Every query belo
 process (rank 0, world size 1) when torch.distributed is not initialised, so library code calls them
 unconditionally (the dinov2 ``distributed`` module has the same shape).
 """
+
 import dataclasses
 import datetime
 import logging
@@ -133,9 +134,15 @@ def init_distributed(launcher: str, device: str, timeout_minutes: int = 30) -> D
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available (use --device cpu)")
+        raise RuntimeError(
+            "--device cuda was asked for but CUDA is not available (use --device cpu)"
+        )
     if launcher == "none":
-        dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+        dev = (
+            torch.device("cuda", torch.cuda.current_device())
+            if device == "cuda"
+            else torch.device("cpu")
+        )
         return DistInfo(rank=0, local_rank=0, world_size=1, device=dev, backend=None)
     if launcher != "pytorch":
         raise ValueError(f"launcher must be 'none' or 'pytorch', got {launcher!r}")
@@ -158,10 +165,16 @@ def init_distributed(launcher: str, device: str, timeout_minutes: int = 30) -> D
     if not is_dist_initialized():
         kwargs: dict = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         if backend == "nccl":
-            kwargs["device_id"] = dev  # binds the communicator to this GPU (no guessing in barriers)
+            kwargs["device_id"] = (
+                dev  # binds the communicator to this GPU (no guessing in barriers)
+            )
         dist.init_process_group(**kwargs)
-    logger.debug("rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, dev, backend)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
+    logger.debug(
+        "rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, dev, backend
+    )
+    return DistInfo(
+        rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend
+    )
 
 
 def all_gather_object(obj: Any) -> List[Any]:

@@ -3,6 +3,7 @@
 Rank 0 logs at INFO to the console and to ``WORK_DIR/<YYYYmmdd_HHMMSS>.log`` (the authors' log file name,
 spec §8); the other ranks log only warnings and errors to the console, prefixed with their rank.
 """
+
 import logging
 import os
 import sys

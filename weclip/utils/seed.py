@@ -6,6 +6,7 @@ into the checkpoints, so that a resumed run draws exactly the numbers the uninte
 (Data order and augmentation do not use these global generators: ``weclip.data.sampler`` derives them
 from the seed and the sample position.)
 """
+
 import random
 from typing import Any, Dict
 
@@ -61,5 +62,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state:
         if not torch.cuda.is_available():
-            raise RuntimeError("the RNG state holds a CUDA generator state but CUDA is not available")
+            raise RuntimeError(
+                "the RNG state holds a CUDA generator state but CUDA is not available"
+            )
         torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -4,6 +4,7 @@ Everything returns ``uint8`` RGB arrays of shape HxWx3 (TensorBoard ``dataformat
 an RGB->BGR flip). The palette is the PASCAL VOC colour map (class id bits spread over the RGB channels),
 generated here; 255 (ignore) is drawn white.
 """
+
 from typing import Optional, Sequence, Union
 
 import cv2
@@ -66,7 +67,9 @@ def denormalize(image: ArrayLike, mean: Sequence[float], std: Sequence[float]) -
     x = _numpy(image)
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"denormalize expects a 3xHxW image, got shape {x.shape}")
-    rgb = x.transpose(1, 2, 0) * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
+    rgb = x.transpose(1, 2, 0) * np.asarray(std, dtype=np.float32) + np.asarray(
+        mean, dtype=np.float32
+    )
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
