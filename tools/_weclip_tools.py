@@ -74,7 +74,10 @@ def load_model(
         # seeds with train.seed right before build_weclip, so do the same with the checkpoint's seed.
         seed = int(cfg.train.seed)
         if checkpoint is not None:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            try:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            except Exception:  # unreadable: load_decoder_checkpoint below reports it with the path
+                state = None
             if isinstance(state, Mapping) and isinstance(state.get("config"), Mapping):
                 seed = int((state["config"].get("train") or {}).get("seed", seed))
         logger.warning(

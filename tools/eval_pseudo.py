@@ -501,9 +501,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, Any]]:
                 payloads[row] = metrics_payload(cm, cfg.data.class_names, extras)
                 write_metrics_json(os.path.join(out_dir, row, "metrics.json"), payloads[row])
             width = max(len(row_title(r)) for r in payloads)
-            print(
-                f"Pseudo-labels on {dataset_name(cfg.data)} {args.split} ({next(iter(matrices.values())).num_images} images)"
-            )
+            num_images = next(iter(matrices.values())).num_images
+            print(f"Pseudo-labels on {dataset_name(cfg.data)} {args.split} ({num_images} images)")
             print(f"{'row':<{width}}  {'mIoU':>6}  {'pix acc':>7}")
             for row, payload in payloads.items():
                 miou, acc = (100 * (payload[k] or 0.0) for k in ("miou", "pixel_acc"))

@@ -302,9 +302,8 @@ def run_inference(
                     finish(name, out.labels[0].cpu().numpy(), mask)
                     continue
                 waiting[name] = mask
-                rgb = read_rgb(
-                    dataset.image_path(name)
-                )  # the original pixels for the bilateral term
+                # the original pixels, for the bilateral term
+                rgb = read_rgb(dataset.image_path(name))
                 pool.submit(name, rgb, out.msc_logits[0])
                 for done, labels in pool.collect():
                     finish(done, labels, waiting.pop(done))

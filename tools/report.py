@@ -257,7 +257,8 @@ def build_report(paths: Sequence[str]) -> str:
     pseudo = pseudo_table(records)
     if pseudo is not None:
         parts += [
-            "Pseudo-label quality, mIoU (%) against the masks of the split (image-level labels from the label file):",
+            "Pseudo-label quality, mIoU (%) against the masks of the split (image-level labels from "
+            "the label file):",
             "",
             pseudo,
             "",

@@ -197,10 +197,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     split = args.split or cfg.data.val_split
     try:
         dataset = build_dataset(cfg.data, split, train=False, with_labels=True)
-    except (
-        ValueError,
-        FileNotFoundError,
-    ) as err:  # no label-file entries (VOC test): no CAM / pseudo panels
+    except (ValueError, FileNotFoundError) as err:
+        # no label-file entries for this split (VOC test): no CAM / pseudo-label panels
         logger.warning(
             "no image-level labels for split %s (%s): CAM and pseudo-label panels skipped",
             split,
