@@ -151,29 +151,42 @@ def _setting_order(setting: str) -> Tuple[int, int, int, str]:
     return (int(crf), int(setting.startswith("MS")), int("+flip" in setting), setting)
 
 
-def group(
-    records: Sequence[Mapping[str, Any]], row_key: str
-) -> "OrderedDict[Tuple[str, Tuple[str, str]], List[Mapping[str, Any]]]":
-    """Records by (row, (dataset, split)), duplicates of one checkpoint+setting dropped (first path kept)."""
-    cells: "OrderedDict[Tuple[str, Tuple[str, str]], List[Mapping[str, Any]]]" = OrderedDict()
+def select_records(records: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """The measurements that enter the tables: records with an mIoU, and of several files for the same
+    checkpoint and setting (or row) only the first (paths are sorted); each drop is logged.
+
+    Args:
+        records (Sequence[Mapping]): from :func:`load_record`.
+
+    Returns:
+        List[Mapping]: the kept records, in order.
+    """
+    kept: List[Mapping[str, Any]] = []
     seen: Dict[Tuple[Any, ...], str] = {}
     for rec in records:
         if rec["miou"] is None:
             logger.warning("%s: mIoU is null (no ground truth pixels): skipped", rec["path"])
             continue
         ckpt = rec.get("checkpoint")
-        ident = (
-            rec[row_key],
-            rec["dataset"],
-            rec["split"],
-            os.path.abspath(ckpt) if ckpt else rec["path"],
-        )
+        what = rec.get("setting") if rec["source"] == SOURCES[0] else rec.get("row")
+        where = os.path.abspath(ckpt) if ckpt else rec["path"]
+        ident = (rec["source"], what, rec["dataset"], rec["split"], where)
         if ident in seen:
             logger.warning(
                 "%s: same checkpoint and setting as %s: counted once", rec["path"], seen[ident]
             )
             continue
         seen[ident] = rec["path"]
+        kept.append(rec)
+    return kept
+
+
+def group(
+    records: Sequence[Mapping[str, Any]], row_key: str
+) -> "OrderedDict[Tuple[str, Tuple[str, str]], List[Mapping[str, Any]]]":
+    """Records by (row, (dataset, split)); ``row_key`` is "setting" or "row"."""
+    cells: "OrderedDict[Tuple[str, Tuple[str, str]], List[Mapping[str, Any]]]" = OrderedDict()
+    for rec in records:
         cells.setdefault((rec[row_key], (rec["dataset"], rec["split"])), []).append(rec)
     return cells
 
@@ -228,8 +241,6 @@ def sources_list(records: Sequence[Mapping[str, Any]]) -> str:
     """One line per measurement: cell, path, seed, iteration."""
     lines = []
     for rec in records:
-        if rec["miou"] is None:
-            continue
         what = rec.get("setting") or rec.get("row")
         seed, it = rec.get("train_seed"), rec.get("iteration")
         extras = ", ".join(
@@ -244,8 +255,8 @@ def sources_list(records: Sequence[Mapping[str, Any]]) -> str:
 
 def build_report(paths: Sequence[str]) -> str:
     """The full markdown report for the metrics.json files under ``paths``."""
-    records = [r for r in (load_record(p) for p in find_metrics(paths)) if r is not None]
-    measured = [r for r in records if r["miou"] is not None]
+    loaded = [r for r in (load_record(p) for p in find_metrics(paths)) if r is not None]
+    records = select_records(loaded)
     parts = [
         "Semantic segmentation, mIoU (%). The first row holds the paper's reported numbers; the other rows "
         "are measurements of this repository (a cell is the mean ± sample std over runs when there are "
@@ -263,7 +274,7 @@ def build_report(paths: Sequence[str]) -> str:
             pseudo,
             "",
         ]
-    if not measured:
+    if not records:
         parts += [
             "No measurement of this repository is listed yet: the real datasets and CLIP weights are not "
             "available where this section was generated. The numbers above are the paper's.",
