@@ -6,6 +6,12 @@ import tempfile
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path next to ``path``; rename it to ``path`` only if the block succeeds.
@@ -23,6 +29,7 @@ def atomic_path(path: str) -> Iterator[str]:
         prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory
     )
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the final file the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
