@@ -42,7 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from weclip.engine.checkpoint import (
+    LATEST_NAME,
     check_resume_compatible,
+    checkpoint_dir,
     decoder_of,
     find_latest_checkpoint,
     load_checkpoint,
@@ -183,10 +185,10 @@ class Trainer:
         model_builder (callable, optional): ``cfg -> nn.Module``, called once the seed is set (so that a
             randomly initialised model is the same on every rank and every run); default
             ``weclip.models.weclip.build_weclip``. The model must follow the ``WeCLIP`` contract
-            (docs/architecture.md): a
-            ``decoder`` and a ``backbone`` (with ``patch_size``) sub-module, and
-            ``forward(images, cls_labels, iteration) -> dict(seg_logits, aff, pseudo_labels, cams,
-            cams_refined, batch_index, class_index)``.
+            (docs/architecture.md): ``decoder`` and ``backbone`` (with ``patch_size``) sub-modules and
+            ``forward(images, cls_labels, iteration, out_size=None, valid=None) -> dict(seg_logits, aff,
+            pseudo_labels, cams, cams_refined, batch_index, class_index)``; ``out_size`` is used in
+            validation, ``valid`` only with ``model.pseudo_label.ignore_padding``.
         train_dataset (Dataset, optional): default ``build_dataset(cfg.data, cfg.data.train_split, train=True)``.
         eval_dataset (Dataset, optional): default built at the first validation from ``train.eval_split``.
     """
@@ -267,7 +269,6 @@ class Trainer:
         self.start_iter = 0
         self.data_position = 0  # samples this rank's sampler has handed out
         self._resume_rng: Optional[Dict[str, Any]] = None
-        self._last: Dict[str, Any] = {}
         logger.info(
             "World size %d, total batch %d -> %d image(s) per rank; device %s; amp %s; %d iterations",
             self.world_size,
@@ -290,6 +291,12 @@ class Trainer:
             int: the completed iterations to continue from (0 for a fresh start).
         """
         if resume is None:
+            if os.path.isfile(os.path.join(checkpoint_dir(self.work_dir), LATEST_NAME)):
+                logger.warning(
+                    "%s already holds checkpoints; starting from scratch and overwriting them "
+                    "(--resume continues instead)",
+                    self.work_dir,
+                )
             return 0
         path = find_latest_checkpoint(self.work_dir) if resume == "auto" else resume
         if path is None:
