@@ -61,8 +61,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=320)
     parser.add_argument("--modes", default="static,rfm", help="comma list of static, rfm")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only), as train.amp")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--amp", action="store_true", help="bf16 autocast (CUDA only), as train.amp"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     return parser.parse_args()
 
@@ -76,7 +80,8 @@ def synthetic_batch(batch: int, size: int, num_fg: int, mean, std, seed: int = 0
         freq = rng.uniform(1, 6, size=3)
         phase = rng.uniform(0, 6.3, size=3)
         img = np.stack(
-            [127 + 120 * np.sin(freq[c] * (xx + yy * (c + 1)) * 3.1 + phase[c]) for c in range(3)], 0
+            [127 + 120 * np.sin(freq[c] * (xx + yy * (c + 1)) * 3.1 + phase[c]) for c in range(3)],
+            0,
         )
         img += rng.normal(0, 8, img.shape)
         images.append((img - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None])
@@ -138,7 +143,9 @@ def staged_step(trainer: Trainer, batch: Dict, iteration: int) -> Dict[str, floa
     times["par"] = engine_times.get("par", 0.0)
     losses = timed(
         "losses",
-        lambda: total_loss(seg_logits.float(), aff.float(), pseudo["pseudo_labels"], trainer.cfg.loss),
+        lambda: total_loss(
+            seg_logits.float(), aff.float(), pseudo["pseudo_labels"], trainer.cfg.loss
+        ),
     )
 
     def backward():
@@ -206,13 +213,18 @@ def main() -> None:
         + f", amp {'bf16' if trainer.use_amp else 'off'}, torch threads {torch.get_num_threads()}"
     )
     print(f"setting: {setting}")
-    print(f"model build: {build_s:.1f} s; iterations: {args.warmup} warm-up + {args.iters} timed per mode")
+    print(
+        f"model build: {build_s:.1f} s; iterations: {args.warmup} warm-up + {args.iters} timed per mode"
+    )
     header = f"{'stage':<14}" + "".join(f"{m + ' (s)':>14}" for m in results)
     print(header)
     print("-" * len(header))
     for name in STAGES:
         print(f"{name:<14}" + "".join(f"{r['stages_s'][name]:>14.3f}" for r in results.values()))
-    print(f"{'sum of stages':<14}" + "".join(f"{sum(r['stages_s'].values()):>14.3f}" for r in results.values()))
+    print(
+        f"{'sum of stages':<14}"
+        + "".join(f"{sum(r['stages_s'].values()):>14.3f}" for r in results.values())
+    )
     print(f"{'train_step':<14}" + "".join(f"{r['train_step_s']:>14.3f}" for r in results.values()))
     if device.type == "cuda":
         print(f"peak CUDA memory allocated: {memory['memory_mib']:.0f} MiB")
