@@ -29,7 +29,9 @@ def atomic_path(path: str) -> Iterator[str]:
         prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory
     )
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the final file the usual permissions
+    os.chmod(
+        tmp, 0o666 & ~_umask()
+    )  # mkstemp creates 0600; give the final file the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -29,4 +29,7 @@ train = dict(
     # mode under no_grad except for Grad-CAM. eval_max_images caps the images per validation (None = all).
     eval_split="train",
     eval_max_images=None,
+    # Debugging aid for multi-GPU runs: all-gather a decoder checksum after every step and stop with an error
+    # if the ranks' weights differ (costs one all-gather per iteration).
+    check_sync=False,
 )
