@@ -16,13 +16,15 @@ def _right_border_blob():
 
 
 def test_right_border_blob_official_drops_last_column():
-    # component bbox x=4, y=1, bw=2, bh=2 -> official x1 = min(4+2, 6-1) = 5, y1 = min(1+2, 5-1) = 3:
-    # the half-open fill covers rows 1..2, column 4 only (column 5 dropped)
+    # component bbox x=4, y=1, bw=2, bh=2 -> official x1 = min(4+2, 6-1) = 5,
+    # y1 = min(1+2, 5-1) = 3: the half-open fill covers rows 1..2, column 4 only (column 5 dropped)
     masks, _ = box_masks(_right_border_blob(), 0.4, "official")
     expected = torch.zeros(1, 5, 6, dtype=torch.bool)
     expected[0, 1:3, 4:5] = True
     assert torch.equal(masks, expected)
-    assert component_boxes(_right_border_blob()[0].numpy() > 0, "official").tolist() == [[4, 1, 5, 3]]
+    assert component_boxes(_right_border_blob()[0].numpy() > 0, "official").tolist() == [
+        [4, 1, 5, 3]
+    ]
 
 
 def test_right_border_blob_inclusive_keeps_last_column():
@@ -36,7 +38,8 @@ def test_threshold_is_strict_on_uint8_scores():
     # M = 0.403 -> 102.765 -> U = 102 (dropped by the floor even though 0.403 > 0.4)
     cam = torch.tensor([[[1.0, 0.4, 0.41, 0.403, 0.0]]])
     assert threshold_cams(cam, 0.4).tolist() == [[[True, False, True, False, False]]]
-    # max U = 127 (M = 0.5 -> 127.5 -> 127): t = int(0.4 * 127) = int(50.8) = 50; U = 51 (M = 0.2) kept
+    # max U = 127 (M = 0.5 -> 127.5 -> 127): t = int(0.4 * 127) = int(50.8) = 50;
+    # U = 51 (M = 0.2) is kept
     cam = torch.tensor([[[0.5, 0.2, 0.196]]])  # 0.196 * 255 = 49.98 -> 49
     assert threshold_cams(cam, 0.4).tolist() == [[[True, True, False]]]
 
@@ -69,7 +72,8 @@ def test_all_zero_cam_gives_empty_mask():
 
 
 def test_union_of_components_equals_union_of_contour_rects():
-    # the authors' findContours(RETR_TREE) + boundingRect + clipping, on random maps, gives the same masks
+    # the authors' findContours(RETR_TREE) + boundingRect + clipping, on random maps, gives the same
+    # masks
     rng = np.random.default_rng(0)
     cams = torch.from_numpy(rng.random((60, 9, 11)).astype(np.float32)) ** 3
     ours, binary = box_masks(cams, 0.4, "official")

@@ -17,7 +17,7 @@ def _inputs(tiny_clip, num_fg=5, num_bg=4, size=48, batch=3, seed=0):
 
 
 def _per_class_loop(backbone, last_input, cls_labels, text_fg, text_bg, grid):
-    """The authors' loop: per image, text = [present fg; bg], one forward + backward per present class."""
+    """The authors' loop: per image, text = [present fg; bg]; per class one forward + backward."""
     cams = []
     for i in range(last_input.shape[0]):
         present = torch.nonzero(cls_labels[i]).flatten().tolist()
@@ -36,7 +36,9 @@ def _per_class_loop(backbone, last_input, cls_labels, text_fg, text_bg, grid):
 
 def test_batched_equals_per_class_loop(tiny_clip):
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip)
-    cls_labels = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    cls_labels = torch.tensor(
+        [[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32
+    )
     out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
     ref = _per_class_loop(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
     # pairs: image 0 classes 1, 3, 4; image 1 none; image 2 class 0
@@ -63,7 +65,8 @@ def test_cams_only_for_present_classes_and_in_unit_range(tiny_clip):
 
 
 def test_absent_class_embeddings_do_not_matter(tiny_clip):
-    # Present classes come only from cls_labels: changing the prompt of an absent class changes nothing.
+    # Present classes come only from cls_labels: changing the prompt of an absent class changes
+    # nothing.
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=2)
     cls_labels = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
     out_a = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
@@ -81,7 +84,8 @@ def test_no_present_class_anywhere(tiny_clip):
 
 
 def test_runs_under_no_grad(tiny_clip):
-    # callers (validation, the pseudo-label tool) may run under no_grad; Grad-CAM enables autograd itself
+    # callers (validation, the pseudo-label tool) may run under no_grad; Grad-CAM enables autograd
+    # itself
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=4)
     cls_labels = torch.tensor([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
     ref = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6)).cams
@@ -100,7 +104,7 @@ def test_bad_shapes_raise(tiny_clip):
 
 def test_gradcam_formula_hand_worked():
     # acts (n=4, D=2) = [[1,0],[0,1],[2,1],[0,0]], grads all [3,-1] -> alpha = [3,-1]
-    # sum_c alpha_c A_c = [3, -1, 5, 0] -> ReLU [3, 0, 5, 0] -> min-max: [0.6, 0, 1, 0] (up to 1e-7 eps)
+    # sum_c alpha_c A_c = [3, -1, 5, 0] -> ReLU [3, 0, 5, 0] -> min-max [0.6, 0, 1, 0] (1e-7 eps)
     acts = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 0.0]]])
     grads = torch.tensor([[3.0, -1.0]]).expand(4, 2)[None]
     cam = gradcam_from_activations(acts, grads, (2, 2))

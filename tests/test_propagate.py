@@ -48,7 +48,9 @@ def test_all_zero_cam_gives_all_zero_refined_cam():
     masks, _ = box_masks(cams, 0.4, "official")
     trans = transition_matrix(torch.rand(1, 30, 30) + 0.1, 3, 2)
     refined, lowres = propagate_cams(trans, cams, masks, torch.zeros(2, dtype=torch.long), (20, 24))
-    assert torch.equal(refined, torch.zeros(2, 20, 24)) and torch.equal(lowres, torch.zeros(2, 5, 6))
+    assert torch.equal(refined, torch.zeros(2, 20, 24)) and torch.equal(
+        lowres, torch.zeros(2, 5, 6)
+    )
 
 
 def test_refined_min_max_normalised():

@@ -1,4 +1,5 @@
 """Background score, packing, PAR and argmax into pseudo-labels (spec §5)."""
+
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from weclip.refine.pseudo_label import (
 
 
 def test_background_score_hand_worked():
-    # image 0 has two CAMs with values 0.2 and 0.7 at a pixel: bg = 1 - 0.7 = 0.3, with power 2: 0.09
+    # image 0 has two CAMs with values 0.2 and 0.7 at a pixel: bg = 1 - 0.7 = 0.3, power 2: 0.09;
     # image 1 has no CAM: bg = (1 - 0)^p = 1
     cams = torch.tensor([0.2, 0.7]).view(2, 1, 1).expand(2, 2, 3)
     bi = torch.tensor([0, 0])
@@ -35,9 +36,11 @@ def test_pack_scores_layout():
 
 
 def test_ties_resolve_to_the_lowest_channel():
-    # all channels 0 at a pixel (bg included): argmax -> channel 0 -> background, never a padding channel
+    # all channels 0 at a pixel (bg included): argmax -> channel 0 -> background, never a padding
+    # channel
     scores = torch.zeros(1, 3, 1, 2)
-    scores[0, 1, 0, 1] = scores[0, 2, 0, 1] = 0.5  # a tie between two classes -> the first (class 4)
+    # a tie between two classes -> the first (class 4)
+    scores[0, 1, 0, 1] = scores[0, 2, 0, 1] = 0.5
     labels = scores_to_labels(scores, torch.tensor([[0, 4, 9]]))
     assert labels.tolist() == [[[0, 4]]]
 
@@ -63,7 +66,9 @@ def test_batched_equals_per_image():
     cams = torch.rand(3, 20, 20, generator=g) * 0.99
     par = PAR(num_iter=4)
     both = make_pseudo_labels(images, cams, torch.tensor([0, 0, 1]), torch.tensor([3, 8, 0]), par)
-    first = make_pseudo_labels(images[:1], cams[:2], torch.tensor([0, 0]), torch.tensor([3, 8]), par)
+    first = make_pseudo_labels(
+        images[:1], cams[:2], torch.tensor([0, 0]), torch.tensor([3, 8]), par
+    )
     second = make_pseudo_labels(images[1:], cams[2:], torch.tensor([0]), torch.tensor([0]), par)
     assert torch.equal(both, torch.cat([first, second]))
 

@@ -1,4 +1,5 @@
 """The pseudo-label engine end to end on a tiny random CLIP (spec §3-§5, §4.2 mode switch)."""
+
 import os
 
 import pytest
@@ -12,7 +13,12 @@ from weclip.refine.engine import PseudoLabelEngine, rfm_active
 from weclip.refine.par import PAR
 from weclip.refine.propagate import propagate_cams
 from weclip.refine.pseudo_label import make_pseudo_labels
-from weclip.refine.transition import patch_attention, rfm_affinity, static_affinity, transition_matrix
+from weclip.refine.transition import (
+    patch_attention,
+    rfm_affinity,
+    static_affinity,
+    transition_matrix,
+)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "voc.py")
 
@@ -23,7 +29,9 @@ def _batch(tiny_clip, seed=0, size=48):
     feats, attns = tiny_clip.forward_blocks(images)
     text_fg = F.normalize(torch.randn(6, tiny_clip.embed_dim, generator=g), dim=-1)
     text_bg = F.normalize(torch.randn(4, tiny_clip.embed_dim, generator=g), dim=-1)
-    cls_labels = torch.tensor([[0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0]], dtype=torch.float32)
+    cls_labels = torch.tensor(
+        [[0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0]], dtype=torch.float32
+    )
     n = (size // tiny_clip.patch_size) ** 2
     aff = torch.sigmoid(torch.randn(3, n, n, generator=g) * 3)
     return images, cls_labels, feats, attns, text_fg, text_bg, aff
@@ -50,14 +58,18 @@ def test_rfm_active_switch():
 def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
     images, cls_labels, feats, attns, text_fg, text_bg, aff = _batch(tiny_clip)
     engine = _engine()
-    out = engine(tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=use_rfm)
+    out = engine(
+        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=use_rfm
+    )
     assert out["cams"].shape == (6, 6, 6) and out["cams_refined"].shape == (6, 48, 48)
     assert out["batch_index"].tolist() == [0, 0, 0, 1, 2, 2]
     assert out["class_index"].tolist() == [1, 4, 5, 2, 0, 3]
     # the same building blocks, one image at a time
     labels = []
     for i in range(3):
-        cam = gradcam(tiny_clip, feats[-1][i : i + 1], cls_labels[i : i + 1], text_fg, text_bg, (6, 6))
+        cam = gradcam(
+            tiny_clip, feats[-1][i : i + 1], cls_labels[i : i + 1], text_fg, text_bg, (6, 6)
+        )
         attn_i = [a[i : i + 1] for a in attns]
         if use_rfm:
             affinity, _ = rfm_affinity(patch_attention(attn_i, cam.attn_last, 2), aff[i : i + 1])
@@ -68,10 +80,14 @@ def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
         refined, _ = propagate_cams(trans, cam.cams, masks, cam.batch_index, (48, 48))
         sel = out["batch_index"] == i
         torch.testing.assert_close(out["cams"][sel], cam.cams, atol=1e-5, rtol=0)
-        # the propagated maps of this random tiny CLIP are nearly flat (spread ~1e-3), so the min-max
-        # magnifies the ~1e-7 differences between batched and single-image matmuls by ~1e3
+        # the propagated maps of this random tiny CLIP are nearly flat (spread ~1e-3), so the
+        # min-max magnifies the ~1e-7 differences between batched and single-image matmuls by ~1e3
         torch.testing.assert_close(out["cams_refined"][sel], refined, atol=2e-4, rtol=0)
-        labels.append(make_pseudo_labels(images[i : i + 1], refined, cam.batch_index, cam.class_index, engine.par))
+        labels.append(
+            make_pseudo_labels(
+                images[i : i + 1], refined, cam.batch_index, cam.class_index, engine.par
+            )
+        )
     agreement = (out["pseudo_labels"] == torch.cat(labels)).float().mean().item()
     assert agreement > 0.999  # argmax ties could flip on float rounding; none expected here
     for i in range(3):
@@ -82,12 +98,19 @@ def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
 def test_static_and_rfm_differ_and_rfm_needs_affinity(tiny_clip):
     images, cls_labels, feats, attns, text_fg, text_bg, aff = _batch(tiny_clip, seed=1)
     engine = _engine()
-    static = engine(tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=False)
-    rfm = engine(tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=True)
-    torch.testing.assert_close(static["cams"], rfm["cams"])  # the initial CAMs do not depend on the mode
+    static = engine(
+        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=False
+    )
+    rfm = engine(
+        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=True
+    )
+    # the initial CAMs do not depend on the mode
+    torch.testing.assert_close(static["cams"], rfm["cams"])
     assert not torch.allclose(static["cams_refined"], rfm["cams_refined"])
     with pytest.raises(ValueError, match="aff"):
-        engine(tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=None, use_rfm=True)
+        engine(
+            tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=None, use_rfm=True
+        )
 
 
 def test_output_size_and_ignore_padding(tiny_clip):
@@ -95,9 +118,21 @@ def test_output_size_and_ignore_padding(tiny_clip):
     valid = torch.ones(3, 40, 56, dtype=torch.bool)
     valid[:, :, 50:] = False
     engine = _engine(ignore_padding=True)
-    out = engine(tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, out_size=(40, 56), valid=valid)
+    out = engine(
+        tiny_clip,
+        images,
+        cls_labels,
+        feats,
+        attns,
+        text_fg,
+        text_bg,
+        out_size=(40, 56),
+        valid=valid,
+    )
     assert out["cams_refined"].shape == (6, 40, 56) and out["pseudo_labels"].shape == (3, 40, 56)
-    assert torch.all(out["pseudo_labels"][:, :, 50:] == 255) and not torch.any(out["pseudo_labels"][:, :, :50] == 255)
+    assert torch.all(out["pseudo_labels"][:, :, 50:] == 255) and not torch.any(
+        out["pseudo_labels"][:, :, :50] == 255
+    )
 
 
 def test_from_config_reads_the_sections():
@@ -107,7 +142,9 @@ def test_from_config_reads_the_sections():
     assert engine.rfm_layers == cfg.model.refine.rfm_layers
     assert engine.box_threshold == cfg.model.refine.box_threshold
     assert engine.cam_norm_passes == cfg.model.cam.cam_norm_passes
-    assert engine.par.num_iter == cfg.model.par.num_iter and engine.par.dilations == tuple(cfg.model.par.dilations)
+    assert engine.par.num_iter == cfg.model.par.num_iter and engine.par.dilations == tuple(
+        cfg.model.par.dilations
+    )
     bad = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
     bad["refine"] = dict(bad["refine"], box_treshold=0.5)
     with pytest.raises(KeyError, match="box_treshold"):

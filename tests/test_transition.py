@@ -14,7 +14,8 @@ from weclip.refine.transition import (
 
 def _random_attention(b, m, n, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, m, n, n, generator=g).mul(3).softmax(-1) * 0.9  # rows sum to 0.9 (CLS took 0.1)
+    # rows sum to 0.9 (CLS took 0.1)
+    return torch.randn(b, m, n, n, generator=g).mul(3).softmax(-1) * 0.9
 
 
 def test_sinkhorn_rows_sum_to_one_and_symmetrised_is_symmetric():
@@ -53,7 +54,8 @@ def test_signed_filter_keeps_layers_with_large_total_attention():
     # spec App. C.4: with the signed sum the keep-set is {l : ΣA^l ≥ mean_l ΣA^l}, whatever A_f is
     b, m, n = 3, 6, 20
     g = torch.Generator().manual_seed(1)
-    maps = _random_attention(b, m, n) * torch.rand(b, m, 1, 1, generator=g).add(0.5)  # different totals
+    # different totals
+    maps = _random_attention(b, m, n) * torch.rand(b, m, 1, 1, generator=g).add(0.5)
     for seed in range(3):
         aff = torch.rand(b, n, n, generator=torch.Generator().manual_seed(10 + seed))
         _, keep = rfm_affinity(maps, aff, "signed")
@@ -63,9 +65,9 @@ def test_signed_filter_keeps_layers_with_large_total_attention():
 
 def test_rfm_hand_worked():
     # n = 2, m = 3 constant maps 0.1, 0.2, 0.6, A_f = 0.5 everywhere
-    # signed d_l = Σ(0.5 - c_l) = 4·(0.4, 0.3, -0.1) = (1.6, 1.2, -0.4), mean 0.8 -> keep only layer 2
+    # signed d_l = Σ(0.5 - c_l) = 4·(0.4, 0.3, -0.1) = (1.6, 1.2, -0.4), mean 0.8 -> keep layer 2
     #   R = 0.6 / (1 + 1e-5) -> R ⊙ A_f = 0.3 / (1 + 1e-5)
-    # abs    d_l = 4·|0.5 - c_l| = (1.6, 1.2, 0.4), mean 16/15 -> keep layers 2 (0.4); layer 1 (1.2) dropped
+    # abs    d_l = 4·|0.5 - c_l| = (1.6, 1.2, 0.4), mean 16/15 -> keep layer 2 (0.4) only
     maps = torch.tensor([0.1, 0.2, 0.6]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     aff = torch.full((1, 2, 2), 0.5)
     r, keep = rfm_affinity(maps, aff, "signed", eps=1e-5)
@@ -73,7 +75,8 @@ def test_rfm_hand_worked():
     torch.testing.assert_close(r, torch.full((1, 2, 2), 0.3 / (1 + 1e-5)))
     r_abs, keep_abs = rfm_affinity(maps, aff, "abs", eps=1e-5)
     assert keep_abs.tolist() == [[False, False, True]]
-    # A_f = 0.35: signed unchanged (independent of A_f); abs d = 4·(0.25, 0.15, 0.25), mean 0.8867 -> keep {1}
+    # A_f = 0.35: signed unchanged (independent of A_f); abs d = 4·(0.25, 0.15, 0.25), mean 0.8867
+    # -> keep {1}
     _, keep_abs2 = rfm_affinity(maps, torch.full((1, 2, 2), 0.35), "abs")
     _, keep_signed2 = rfm_affinity(maps, torch.full((1, 2, 2), 0.35), "signed")
     assert keep_abs2.tolist() == [[False, True, False]]

@@ -1,2 +1,9 @@
 """Initial CAMs: batched softmax Grad-CAM on the frozen CLIP classifier (spec §3)."""
-from weclip.cam.gradcam import GradCAMResult, gradcam, gradcam_from_activations, minmax_normalize, present_pairs
+
+from weclip.cam.gradcam import (
+    GradCAMResult,
+    gradcam,
+    gradcam_from_activations,
+    minmax_normalize,
+    present_pairs,
+)

@@ -1,7 +1,9 @@
-"""CAM refinement and pseudo-labels: boxes, transition matrices (static / RFM), propagation, PAR (spec §4-§5).
+"""CAM refinement and pseudo-labels: boxes, transition matrices (static / RFM), propagation, PAR
+(spec §4-§5).
 
 `crf.py` (DenseCRF, spec §9) lives here too but is imported on its own (pydensecrf is optional).
 """
+
 from weclip.refine.boxes import box_masks, component_boxes, threshold_cams
 from weclip.refine.engine import PseudoLabelEngine, rfm_active
 from weclip.refine.par import PAR

@@ -1,12 +1,14 @@
 """Box masks from thresholded CAMs, as the authors' ``scoremap2bbox`` computes them (spec §4.5).
 
-The authors threshold ``uint8(255·M)`` at ``int(θ·max)``, take the bounding rectangle of every contour found by
-``cv2.findContours(RETR_TREE)`` and fill each box half-open after clipping its right/bottom edge to ``w-1``/``h-1``.
-The union of the bounding rectangles of all contours (outer borders and hole borders) equals the union of the
-bounding boxes of the 8-connected foreground components: a hole border lies inside its component's outer border,
-and OpenCV traces foreground as 8-connected. The clipping is monotone, so the equivalence survives it. We use
+The authors threshold ``uint8(255·M)`` at ``int(θ·max)``, take the bounding rectangle of every
+contour found by ``cv2.findContours(RETR_TREE)`` and fill each box half-open after clipping its
+right/bottom edge to ``w-1``/``h-1``. The union of the bounding rectangles of all contours (outer
+borders and hole borders) equals the union of the bounding boxes of the 8-connected foreground
+components: a hole border lies inside its component's outer border, and OpenCV traces foreground as
+8-connected. The clipping is monotone, so the equivalence survives it. We use
 ``cv2.connectedComponentsWithStats`` (one call per map, on CPU: the maps are h×w ≈ 20×20).
 """
+
 from typing import Tuple
 
 import cv2
@@ -16,8 +18,8 @@ from torch import Tensor
 
 __all__ = ["BOX_MODES", "threshold_cams", "component_boxes", "box_masks"]
 
-#: "official": the authors' clipping x1 = min(x + bw, w - 1), so a box touching the right/bottom border loses its
-#: last column/row (spec §4.5, §12.13); "inclusive": the exact bounding boxes.
+#: "official": the authors' clipping x1 = min(x + bw, w - 1), so a box touching the right/bottom
+#: border loses its last column/row (spec §4.5, §12.13); "inclusive": the exact bounding boxes.
 BOX_MODES = ("official", "inclusive")
 
 
@@ -33,10 +35,11 @@ def threshold_cams(cams: Tensor, threshold: float) -> Tensor:
     """
     if cams.dim() != 3:
         raise ValueError(f"cams must be (P, h, w), got shape {tuple(cams.shape)}")
-    # float32 product then truncation toward zero, as numpy's astype(uint8) on the authors' float32 map
+    # float32 product then truncation toward zero, as numpy's astype(uint8) on the authors' float32
+    # map
     u = (cams.detach().float() * 255).clamp(0, 255).to(torch.uint8)
-    # int(θ · max U): θ is a python float, max U an integer, the product is float64 (as in numpy); floor = int
-    # for non-negative values
+    # int(θ · max U): θ is a python float, max U an integer, the product is float64 (as in numpy);
+    # floor = int for non-negative values
     t = torch.floor(threshold * u.flatten(1).amax(dim=1).to(torch.float64))
     return u.to(torch.float64) > t[:, None, None]
 
@@ -46,11 +49,13 @@ def component_boxes(binary: np.ndarray, mode: str = "official") -> np.ndarray:
 
     Args:
         binary (np.ndarray): (h, w) bool or uint8 map (non-zero = foreground).
-        mode (str): "official" clips x1 to w-1 and y1 to h-1 (authors); "inclusive" clips to w and h.
+        mode (str): "official" clips x1 to w-1 and y1 to h-1 (authors); "inclusive" clips to w and
+            h.
 
     Returns:
-        np.ndarray: (K, 4) int64 half-open boxes, fill rows y0..y1-1 and columns x0..x1-1; (0, 4) if the map is
-        empty (the authors return a single (0, 0, 0, 0) box then, which fills nothing either).
+        np.ndarray: (K, 4) int64 half-open boxes, fill rows y0..y1-1 and columns x0..x1-1; (0, 4) if
+        the map is empty (the authors return a single (0, 0, 0, 0) box then, which fills nothing
+        either).
     """
     if mode not in BOX_MODES:
         raise ValueError(f"box_mode must be one of {BOX_MODES}, got {mode!r}")
@@ -61,7 +66,8 @@ def component_boxes(binary: np.ndarray, mode: str = "official") -> np.ndarray:
     num, _, stats, _ = cv2.connectedComponentsWithStats(
         np.ascontiguousarray(binary != 0, dtype=np.uint8), connectivity=8
     )
-    stats = stats[1:num, :4].astype(np.int64)  # label 0 is the background; columns x, y, width, height
+    # label 0 is the background; columns x, y, width, height
+    stats = stats[1:num, :4].astype(np.int64)
     x0, y0 = stats[:, 0], stats[:, 1]
     x1 = np.minimum(x0 + stats[:, 2], lim_x)
     y1 = np.minimum(y0 + stats[:, 3], lim_y)
@@ -77,8 +83,9 @@ def box_masks(cams: Tensor, threshold: float, mode: str = "official") -> Tuple[T
         mode (str): "official" | "inclusive" (``cfg.model.refine.box_mode``), see :data:`BOX_MODES`.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``masks`` (P, h, w) bool on ``cams.device`` (an all-zero CAM gives an all-zero
-        mask) and ``binary`` (P, h, w) bool, the thresholded maps the boxes were taken from.
+        Tuple[Tensor, Tensor]: ``masks`` (P, h, w) bool on ``cams.device`` (an all-zero CAM gives an
+        all-zero mask) and ``binary`` (P, h, w) bool, the thresholded maps the boxes were taken
+        from.
     """
     if mode not in BOX_MODES:
         raise ValueError(f"box_mode must be one of {BOX_MODES}, got {mode!r}")

@@ -1,15 +1,19 @@
-"""The pseudo-label engine: Grad-CAM → static or RFM refinement → PAR → pseudo-labels (spec §3-§5, App. A).
+"""The pseudo-label engine: Grad-CAM → static or RFM refinement → PAR → labels (spec §3-§5, App. A).
 
-One call handles the whole batch (used by ``WeCLIP.forward`` and by the standalone pseudo-label tool):
+One call handles the whole batch (used by ``WeCLIP.forward`` and the standalone pseudo-label tool):
 
 1. batched softmax Grad-CAM on the last CLIP block for every present class (spec §3);
-2. affinity: mean of the last ``static_layers`` attention maps (static, spec §4.2) or the RFM (spec §4.3);
+2. affinity: mean of the last ``static_layers`` attention maps (static, spec §4.2) or the RFM
+   (spec §4.3);
 3. transition matrix per image: Sinkhorn, symmetrise, power (spec §4.4);
 4. box masks per CAM (spec §4.5), propagation, min-max and resize (spec §4.6);
 5. [bg; CAMs] packed over the batch, PAR, argmax → class ids (spec §5).
 """
+
+import contextlib
 import logging
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,11 +41,11 @@ def rfm_active(iteration: Optional[int], rfm_start_iter: int) -> bool:
     """Whether a forward uses the RFM (True) or the static CLIP-ES refinement (False), spec §4.2.
 
     Args:
-        iteration (int, optional): 1-indexed training iteration; None for validation/inference, which always use
-            the RFM (the authors' ``mode == 'val'``).
-        rfm_start_iter (int): first training iteration with the RFM (``cfg.model.refine.rfm_start_iter``):
-            9145 reproduces the authors' shared counter (spec §4.2, §12.1), 15001 their stated threshold, 1 the
-            paper's "always on".
+        iteration (int, optional): 1-indexed training iteration; None for validation/inference,
+            which always use the RFM (the authors' ``mode == 'val'``).
+        rfm_start_iter (int): first training iteration with the RFM
+            (``cfg.model.refine.rfm_start_iter``): 9145 reproduces the authors' shared counter (spec
+            §4.2, §12.1), 15001 their stated threshold, 1 the paper's "always on".
 
     Returns:
         bool: ``iteration is None or iteration >= rfm_start_iter``.
@@ -53,6 +57,21 @@ def rfm_active(iteration: Optional[int], rfm_start_iter: int) -> bool:
     return iteration >= rfm_start_iter
 
 
+@contextlib.contextmanager
+def _stage(timings: Optional[Dict[str, float]], name: str, device: torch.device) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]`` (synchronising CUDA); no-op when None."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
 class PseudoLabelEngine(nn.Module):
     """From frozen-CLIP outputs to pseudo-labels for a batch (spec §3-§5).
 
@@ -60,12 +79,15 @@ class PseudoLabelEngine(nn.Module):
         cam_norm_eps (float): Grad-CAM min-max epsilon (``cam.norm_eps``).
         cam_norm_passes (int): Grad-CAM min-max passes (``cam.cam_norm_passes``, 2 = the authors').
         static_layers (int): attention maps averaged in static mode (``refine.static_layers``, 8).
-        rfm_layers (int): attention maps considered by the RFM (``refine.rfm_layers``, 6 VOC / 10 COCO).
-        layer_filter (str): RFM layer filter, "signed" (code) | "abs" (paper) (``refine.layer_filter``).
+        rfm_layers (int): attention maps considered by the RFM (``refine.rfm_layers``, 6 VOC / 10
+            COCO).
+        layer_filter (str): RFM layer filter, "signed" (code) | "abs" (paper)
+            (``refine.layer_filter``).
         filter_eps (float): denominator epsilon of the mean of kept maps (``refine.filter_eps``).
         sinkhorn_iters (int): column-then-row passes (``refine.sinkhorn_iters``).
         power (int): transition matrix power (``refine.power``).
-        box_threshold (float): CAM threshold for the box masks (``refine.box_threshold``, 0.4 VOC / 0.7 COCO).
+        box_threshold (float): CAM threshold for the box masks (``refine.box_threshold``, 0.4 VOC /
+            0.7 COCO).
         box_mode (str): "official" | "inclusive" (``refine.box_mode``).
         refine_norm_eps (float): min-max epsilon of the propagated CAMs (``refine.norm_eps``).
         bg_power (float): background exponent (``pseudo_label.bg_power``).
@@ -97,7 +119,9 @@ class PseudoLabelEngine(nn.Module):
         if box_mode not in BOX_MODES:
             raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
         if static_layers < 1 or rfm_layers < 1:
-            raise ValueError(f"static_layers/rfm_layers must be >= 1, got {static_layers}/{rfm_layers}")
+            raise ValueError(
+                f"static_layers/rfm_layers must be >= 1, got {static_layers}/{rfm_layers}"
+            )
         self.cam_norm_eps = cam_norm_eps
         self.cam_norm_passes = cam_norm_passes
         self.static_layers = static_layers
@@ -115,10 +139,11 @@ class PseudoLabelEngine(nn.Module):
 
     @classmethod
     def from_config(cls, model_cfg: Mapping[str, Any]) -> "PseudoLabelEngine":
-        """Build from ``cfg.model`` (its ``cam``, ``refine``, ``pseudo_label`` and ``par`` sections).
+        """Build from the ``cam``, ``refine``, ``pseudo_label``, ``par`` sections of ``cfg.model``.
 
-        Unknown keys in these sections raise ``KeyError`` (a typo must not fall back to a default silently).
-        ``refine.rfm_start_iter`` is not used here: the caller decides with :func:`rfm_active`.
+        Unknown keys in these sections raise ``KeyError`` (a typo must not fall back to a default
+        silently). ``refine.rfm_start_iter`` is not used here: the caller decides with
+        :func:`rfm_active`.
         """
         names = {
             "cam": {"norm_eps": "cam_norm_eps", "cam_norm_passes": "cam_norm_passes"},
@@ -135,8 +160,13 @@ class PseudoLabelEngine(nn.Module):
                 "rfm_start_iter": None,
             },
             "pseudo_label": {"bg_power": "bg_power", "ignore_padding": "ignore_padding"},
-            "par": {"num_iter": "num_iter", "dilations": "dilations", "temperature": "temperature",
-                    "pos_weight": "pos_weight", "eps": "eps"},
+            "par": {
+                "num_iter": "num_iter",
+                "dilations": "dilations",
+                "temperature": "temperature",
+                "pos_weight": "pos_weight",
+                "eps": "eps",
+            },
         }
         kwargs: Dict[str, Any] = {}
         par_kwargs: Dict[str, Any] = {}
@@ -166,23 +196,30 @@ class PseudoLabelEngine(nn.Module):
         use_rfm: bool = False,
         out_size: Optional[Tuple[int, int]] = None,
         valid: Optional[Tensor] = None,
+        timings: Optional[Dict[str, float]] = None,
     ) -> Dict[str, Tensor]:
         """Pseudo-labels for a batch.
 
         Args:
             backbone (nn.Module): ``FrozenCLIP`` (``forward_last``, ``logit_scale``, ``grid_size``).
             images (Tensor): (B, 3, H, W) normalised images (the CLIP input, also the PAR guidance).
-            cls_labels (Tensor): (B, C-1) multi-hot foreground labels; the only source of class presence.
-            feats (Sequence[Tensor]): N-1 block outputs (B, L, D) from ``forward_blocks``; the last one feeds
-                Grad-CAM.
+            cls_labels (Tensor): (B, C-1) multi-hot foreground labels; the only source of class
+                presence.
+            feats (Sequence[Tensor]): N-1 block outputs (B, L, D) from ``forward_blocks``; the last
+                one feeds Grad-CAM.
             attns (Sequence[Tensor]): N-1 attention maps (B, L, L) from ``forward_blocks``.
             text_fg (Tensor): (C-1, E) foreground prompt embeddings.
             text_bg (Tensor): (NB, E) background prompt embeddings.
-            aff (Tensor, optional): (B, n, n) decoder affinity σ(FᵀF); required when ``use_rfm``; detached here.
+            aff (Tensor, optional): (B, n, n) decoder affinity σ(FᵀF); required when ``use_rfm``;
+                detached here.
             use_rfm (bool): RFM (True) or static refinement (False); see :func:`rfm_active`.
-            out_size (Tuple[int, int], optional): (H_out, W_out) of the refined CAMs and pseudo-labels; default
-                (H, W) (training); the original image size in validation (spec §4.6).
-            valid (Tensor, optional): (B, H_out, W_out) bool, False on crop padding (for ``ignore_padding``).
+            out_size (Tuple[int, int], optional): (H_out, W_out) of the refined CAMs and
+                pseudo-labels; default (H, W) (training); the original image size in validation
+                (spec §4.6).
+            valid (Tensor, optional): (B, H_out, W_out) bool, False on crop padding (for
+                ``ignore_padding``).
+            timings (Dict[str, float], optional): if given, the seconds spent in "gradcam",
+                "transition", "propagate" and "par" are added to it (CUDA synchronised per stage).
 
         Returns:
             Dict[str, Tensor]: ``cams`` (P, h, w) initial CAMs; ``cams_refined`` (P, H_out, W_out);
@@ -195,28 +232,48 @@ class PseudoLabelEngine(nn.Module):
             raise ValueError("use_rfm=True needs the decoder affinity `aff` (B, n, n)")
         grid = tuple(backbone.grid_size(images.shape[-2], images.shape[-1]))
         out_size = tuple(images.shape[-2:]) if out_size is None else tuple(out_size)
+        device = images.device
 
         # 1. initial CAMs for every present class, one autograd call (spec §3)
-        cam = gradcam(
-            backbone, feats[-1], cls_labels, text_fg, text_bg, grid,
-            norm_eps=self.cam_norm_eps, norm_passes=self.cam_norm_passes,
-        )
+        with _stage(timings, "gradcam", device):
+            cam = gradcam(
+                backbone,
+                feats[-1],
+                cls_labels,
+                text_fg,
+                text_bg,
+                grid,
+                norm_eps=self.cam_norm_eps,
+                norm_passes=self.cam_norm_passes,
+            )
         with torch.no_grad():
             # 2-3. affinity and transition matrix, once per image (spec §4.2-4.4)
-            if use_rfm:
-                maps = patch_attention(attns, cam.attn_last, self.rfm_layers)
-                affinity, _ = rfm_affinity(maps, aff, self.layer_filter, self.filter_eps)
-            else:
-                affinity = static_affinity(patch_attention(attns, cam.attn_last, self.static_layers))
-            trans = transition_matrix(affinity, self.sinkhorn_iters, self.power)
+            with _stage(timings, "transition", device):
+                if use_rfm:
+                    maps = patch_attention(attns, cam.attn_last, self.rfm_layers)
+                    affinity, _ = rfm_affinity(maps, aff, self.layer_filter, self.filter_eps)
+                else:
+                    maps = patch_attention(attns, cam.attn_last, self.static_layers)
+                    affinity = static_affinity(maps)
+                trans = transition_matrix(affinity, self.sinkhorn_iters, self.power)
             # 4. box masks, propagation, min-max, resize (spec §4.5-4.6)
-            masks, _ = box_masks(cam.cams, self.box_threshold, self.box_mode)
-            refined, _ = propagate_cams(trans, cam.cams, masks, cam.batch_index, out_size, self.refine_norm_eps)
+            with _stage(timings, "propagate", device):
+                masks, _ = box_masks(cam.cams, self.box_threshold, self.box_mode)
+                refined, _ = propagate_cams(
+                    trans, cam.cams, masks, cam.batch_index, out_size, self.refine_norm_eps
+                )
             # 5. background, PAR, argmax (spec §5)
-            labels = make_pseudo_labels(
-                images, refined, cam.batch_index, cam.class_index, self.par,
-                bg_power=self.bg_power, valid=valid, ignore_padding=self.ignore_padding,
-            )
+            with _stage(timings, "par", device):
+                labels = make_pseudo_labels(
+                    images,
+                    refined,
+                    cam.batch_index,
+                    cam.class_index,
+                    self.par,
+                    bg_power=self.bg_power,
+                    valid=valid,
+                    ignore_padding=self.ignore_padding,
+                )
         return {
             "cams": cam.cams,
             "cams_refined": refined,

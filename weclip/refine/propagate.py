@@ -1,9 +1,11 @@
-"""Propagate CAMs with the transition matrix inside their box masks, normalise and resize (spec §4.6).
+"""Propagate CAMs with the transition matrix inside their boxes, normalise, resize (spec §4.6).
 
-The authors form T_k = T ⊙ (1·vec(B_k)ᵀ) per class and multiply by vec(M_k). Zeroing the columns of T outside the
-boxes is the same as zeroing the entries of vec(M_k) outside the boxes (every product T_pq·B_q·M_q is identical,
-B_q ∈ {0, 1}), so all classes of the batch are propagated with one batched matrix-vector product.
+The authors form T_k = T ⊙ (1·vec(B_k)ᵀ) per class and multiply by vec(M_k). Zeroing the columns of
+T outside the boxes is the same as zeroing the entries of vec(M_k) outside the boxes (every product
+T_pq·B_q·M_q is identical, B_q ∈ {0, 1}), so all classes of the batch are propagated with one
+batched matrix-vector product.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -16,7 +18,7 @@ __all__ = ["propagate_cams", "resize_cams"]
 
 
 def resize_cams(cams: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Bilinear resize (align_corners=False, no antialias: cv2 INTER_LINEAR's half-pixel grid), spec §4.6.
+    """Bilinear resize, align_corners=False, no antialias (cv2 INTER_LINEAR's grid), spec §4.6.
 
     Args:
         cams (Tensor): (P, h, w).
@@ -49,14 +51,17 @@ def propagate_cams(
         norm_eps (float): min-max epsilon (1e-7).
 
     Returns:
-        Tuple[Tensor, Tensor]: ``refined`` (P, H, W) in [0, 1) and ``lowres`` (P, h, w), the propagated maps
-        before the min-max. An all-zero CAM or an empty box mask gives all zeros (no NaN).
+        Tuple[Tensor, Tensor]: ``refined`` (P, H, W) in [0, 1) and ``lowres`` (P, h, w), the
+        propagated maps before the min-max. An all-zero CAM or an empty box mask gives all zeros (no
+        NaN).
     """
     p, h, w = cams.shape
     if masks.shape != cams.shape:
         raise ValueError(f"masks {tuple(masks.shape)} must match cams {tuple(cams.shape)}")
     if trans.shape[-1] != h * w:
-        raise ValueError(f"transition matrices are {tuple(trans.shape)} but the CAMs have h*w = {h * w}")
+        raise ValueError(
+            f"transition matrices are {tuple(trans.shape)} but the CAMs have h*w = {h * w}"
+        )
     source = (cams.float() * masks).reshape(p, h * w, 1)  # vec(B_k ⊙ M_k)
     lowres = torch.bmm(trans.float()[batch_index], source).view(p, h, w)
     refined = minmax_normalize(lowres, norm_eps)

@@ -1,15 +1,18 @@
 """Pseudo-labels from refined CAMs: background score, PAR, argmax (spec §5).
 
-Per image the authors build [bg; r_1..r_K] with bg = (1 − max_k r_k)^bg_power, refine it with PAR and map the
-argmax channel to the class ids [0, id_1+1, ..., id_K+1]. Here all images share one PAR call: each image's
-channels are packed as [bg; its present classes] and padded to the batch's largest K with all-zero channels.
+Per image the authors build [bg; r_1..r_K] with bg = (1 − max_k r_k)^bg_power, refine it with PAR
+and map the argmax channel to the class ids [0, id_1+1, ..., id_K+1]. Here all images share one PAR
+call: each image's channels are packed as [bg; its present classes] and padded to the batch's
+largest K with all-zero channels.
 
 Why a padding channel never wins the argmax: PAR updates every channel only from its own values with
-non-negative weights, so an all-zero channel stays exactly 0 through all iterations, and the real channels stay
-≥ 0 (r_k ∈ [0, 1) after min-max and a bilinear resize; bg = (1 − max r)^bg_power ≥ 0). At a pixel where every
-real channel is 0 the maximum is a tie, and ``argmax`` returns the first maximal index; padding channels come
-after every real channel (the bg channel 0 always exists), so the first maximum is always a real channel.
+non-negative weights, so an all-zero channel stays exactly 0 through all iterations, and the real
+channels stay ≥ 0 (r_k ∈ [0, 1) after min-max and a bilinear resize; bg = (1 − max r)^bg_power ≥ 0).
+At a pixel where every real channel is 0 the maximum is a tie, and ``argmax`` returns the first
+maximal index; padding channels come after every real channel (the bg channel 0 always exists), so
+the first maximum is always a real channel.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -17,7 +20,13 @@ from torch import Tensor
 
 from weclip.refine.par import PAR
 
-__all__ = ["IGNORE_INDEX", "background_score", "pack_scores", "scores_to_labels", "make_pseudo_labels"]
+__all__ = [
+    "IGNORE_INDEX",
+    "background_score",
+    "pack_scores",
+    "scores_to_labels",
+    "make_pseudo_labels",
+]
 
 IGNORE_INDEX = 255  # ignored pixels and keys of padding channels
 
@@ -25,7 +34,7 @@ IGNORE_INDEX = 255  # ignored pixels and keys of padding channels
 def background_score(
     cams: Tensor, batch_index: Tensor, batch_size: int, bg_power: float = 1.0
 ) -> Tensor:
-    """bg = (1 − max_k r_k)^bg_power per image (spec §5 step 1); 1 for an image without present classes.
+    """bg = (1 − max_k r_k)^bg_power per image (spec §5 step 1); 1 for an image without classes.
 
     Args:
         cams (Tensor): (P, H, W) refined CAMs (≥ 0).
@@ -58,11 +67,15 @@ def pack_scores(
         bg_power (float): background exponent.
 
     Returns:
-        Tuple[Tensor, Tensor]: ``scores`` (B, 1+Kmax, H, W) and ``keys`` (B, 1+Kmax) long, the class id of each
-        channel (0 = background, fg id + 1, ``IGNORE_INDEX`` for padding channels, which hold zeros).
+        Tuple[Tensor, Tensor]: ``scores`` (B, 1+Kmax, H, W) and ``keys`` (B, 1+Kmax) long, the class
+        id of each channel (0 = background, fg id + 1, ``IGNORE_INDEX`` for padding channels, which
+        hold zeros).
     """
     if batch_index.numel() > 1 and bool((batch_index[1:] < batch_index[:-1]).any()):
-        raise ValueError("pack_scores needs the CAMs grouped by image in batch order (batch_index non-decreasing)")
+        raise ValueError(
+            "pack_scores needs the CAMs grouped by image in batch order "
+            "(batch_index non-decreasing)"
+        )
     counts = torch.bincount(batch_index, minlength=batch_size)
     k_max = int(counts.max().item()) if batch_index.numel() > 0 else 0
     scores = cams.new_zeros(batch_size, 1 + k_max, *cams.shape[-2:])
@@ -70,14 +83,17 @@ def pack_scores(
     scores[:, 0] = background_score(cams, batch_index, batch_size, bg_power)
     keys[:, 0] = 0
     # channel of pair p inside its image = 1 + its rank among that image's pairs
-    rank = torch.arange(batch_index.numel(), device=cams.device) - (torch.cumsum(counts, 0) - counts)[batch_index]
+    rank = (
+        torch.arange(batch_index.numel(), device=cams.device)
+        - (torch.cumsum(counts, 0) - counts)[batch_index]
+    )
     scores[batch_index, 1 + rank] = cams
     keys[batch_index, 1 + rank] = class_index.long() + 1
     return scores, keys
 
 
 def scores_to_labels(scores: Tensor, keys: Tensor) -> Tensor:
-    """Argmax over channels mapped to class ids (spec §5 step 4); ties resolve to the lowest channel.
+    """Argmax over channels mapped to class ids (spec §5 step 4); ties go to the lowest channel.
 
     Args:
         scores (Tensor): (B, K', H, W).
@@ -86,7 +102,8 @@ def scores_to_labels(scores: Tensor, keys: Tensor) -> Tensor:
     Returns:
         Tensor: (B, H, W) long class ids.
     """
-    channel = scores.argmax(dim=1)  # first maximal index on ties, as numpy/torch argmax in the authors' code
+    # first maximal index on ties, as numpy/torch argmax in the authors' code
+    channel = scores.argmax(dim=1)
     return torch.gather(keys, 1, channel.flatten(1)).view_as(channel)
 
 
@@ -104,18 +121,20 @@ def make_pseudo_labels(
     """Pseudo-labels of a batch: background score, PAR on the packed scores, argmax (spec §5).
 
     Args:
-        images (Tensor): (B, 3, H', W') normalised images (PAR guidance; resized to (H, W) if needed).
+        images (Tensor): (B, 3, H', W') normalised images (PAR guidance; resized to (H, W) if
+            needed).
         cams (Tensor): (P, H, W) refined CAMs.
         batch_index (Tensor): (P,) image of each CAM.
         class_index (Tensor): (P,) 0-based foreground id of each CAM.
         par (PAR): the refinement module.
         bg_power (float): background exponent (``cfg.model.pseudo_label.bg_power``).
         valid (Tensor, optional): (B, H, W) bool, False on crop padding.
-        ignore_padding (bool): label pixels with ``valid == False`` as ``IGNORE_INDEX`` (off in the authors' code,
-            spec §5 step 5).
+        ignore_padding (bool): label pixels with ``valid == False`` as ``IGNORE_INDEX`` (off in the
+            authors' code, spec §5 step 5).
 
     Returns:
-        Tensor: (B, H, W) long labels in {0} ∪ {present class ids} (∪ {255} with ``ignore_padding``).
+        Tensor: (B, H, W) long labels in {0} ∪ {present class ids} (∪ {255} with
+        ``ignore_padding``).
     """
     scores, keys = pack_scores(cams, batch_index, class_index, images.shape[0], bg_power)
     labels = scores_to_labels(par(images, scores), keys)
@@ -123,6 +142,8 @@ def make_pseudo_labels(
         if valid is None:
             raise ValueError("ignore_padding=True needs the `valid` mask of the crops")
         if valid.shape != labels.shape:
-            raise ValueError(f"valid mask {tuple(valid.shape)} must match the labels {tuple(labels.shape)}")
+            raise ValueError(
+                f"valid mask {tuple(valid.shape)} must match the labels {tuple(labels.shape)}"
+            )
         labels = labels.masked_fill(~valid.to(device=labels.device, dtype=torch.bool), IGNORE_INDEX)
     return labels

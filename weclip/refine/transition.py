@@ -1,9 +1,11 @@
-"""Affinity from CLIP attention (static, spec §4.2) or from the RFM (spec §4.3), and the transition matrix (§4.4).
+"""Affinity from CLIP attention (static, spec §4.2) or the RFM (§4.3); transition matrix (§4.4).
 
-Static mode (CLIP-ES's class-aware attention affinity, spec §13.1): the mean of the last 8 patch-to-patch attention
-maps. RFM mode (WeCLIP): a filtered mean of the last 6 (VOC) / 10 (COCO) maps, multiplied element-wise by the
-decoder affinity A_f = σ(FᵀF). Both are then normalised Sinkhorn-style, symmetrised and squared, once per image.
+Static mode (CLIP-ES's class-aware attention affinity, spec §13.1): the mean of the last 8
+patch-to-patch attention maps. RFM mode (WeCLIP): a filtered mean of the last 6 (VOC) / 10 (COCO)
+maps, multiplied element-wise by the decoder affinity A_f = σ(FᵀF). Both are then normalised
+Sinkhorn-style, symmetrised and squared, once per image.
 """
+
 from typing import Sequence, Tuple
 
 import torch
@@ -18,7 +20,8 @@ __all__ = [
     "transition_matrix",
 ]
 
-#: "signed": the authors' d_l = Σ(A_f − A^l) (spec §4.3); "abs": the paper's Σ|A_f − A^l| (spec §11 row 4).
+#: "signed": the authors' d_l = Σ(A_f − A^l) (spec §4.3); "abs": the paper's Σ|A_f − A^l|
+#: (spec §11 row 4).
 LAYER_FILTERS = ("signed", "abs")
 
 
@@ -26,16 +29,21 @@ def patch_attention(attns: Sequence[Tensor], attn_last: Tensor, num_layers: int)
     """The last ``num_layers`` head-averaged attention maps restricted to patches (spec §1.5, §4.2).
 
     Args:
-        attns (Sequence[Tensor]): N-1 maps (B, L, L) of blocks 0..N-2 (``FrozenCLIP.forward_blocks``).
+        attns (Sequence[Tensor]): N-1 maps (B, L, L) of blocks 0..N-2
+            (``FrozenCLIP.forward_blocks``).
         attn_last (Tensor): (B, L, L) attention of the last block (from the Grad-CAM forward).
-        num_layers (int): m, how many of the N maps [A_0, ..., A_{N-1}] to keep, counted from the last.
+        num_layers (int): m, how many of the N maps [A_0, ..., A_{N-1}] to keep, counted from the
+            last.
 
     Returns:
-        Tensor: (B, m, n, n) float32, the [1:, 1:] sub-blocks (no renormalisation after dropping CLS).
+        Tensor: (B, m, n, n) float32, the [1:, 1:] sub-blocks (no renormalisation after dropping
+        CLS).
     """
     maps = list(attns) + [attn_last]
     if not 1 <= num_layers <= len(maps):
-        raise ValueError(f"num_layers must be in [1, {len(maps)}] (attention maps available), got {num_layers}")
+        raise ValueError(
+            f"num_layers must be in [1, {len(maps)}] (attention maps available), got {num_layers}"
+        )
     return torch.stack([a[:, 1:, 1:].float() for a in maps[-num_layers:]], dim=1)
 
 
@@ -54,12 +62,13 @@ def static_affinity(maps: Tensor) -> Tensor:
 def rfm_affinity(
     maps: Tensor, aff: Tensor, layer_filter: str = "signed", eps: float = 1e-5
 ) -> Tuple[Tensor, Tensor]:
-    """Refinement module (RFM) affinity: filtered mean of CLIP maps times the decoder affinity (spec §4.3).
+    """Refinement module (RFM): filtered mean of CLIP maps times the decoder affinity (spec §4.3).
 
-    d_l = Σ_{p,q} (A_f − A^l) ("signed", the authors' code) or Σ_{p,q} |A_f − A^l| ("abs", the paper); keep layer l
-    iff d_l ≤ mean_l d_l (ties kept); R = Σ_l keep_l A^l / (Σ_l keep_l + eps); return R ⊙ A_f. With "signed",
-    d_l = ΣA_f − ΣA^l, so the kept layers are exactly those with ΣA^l ≥ mean_l ΣA^l (spec App. C.4). The sums are
-    taken in float64 so that this decision is not decided by float32 rounding of 160k-term sums.
+    d_l = Σ_{p,q} (A_f − A^l) ("signed", the authors' code) or Σ_{p,q} |A_f − A^l| ("abs", the
+    paper); keep layer l iff d_l ≤ mean_l d_l (ties kept); R = Σ_l keep_l A^l / (Σ_l keep_l + eps);
+    return R ⊙ A_f. With "signed", d_l = ΣA_f − ΣA^l, so the kept layers are exactly those with ΣA^l
+    ≥ mean_l ΣA^l (spec App. C.4). The sums are taken in float64 so that this decision is not
+    decided by float32 rounding of 160k-term sums.
 
     Args:
         maps (Tensor): (B, m, n, n) patch attention maps (the last ``rfm_layers``).
@@ -82,12 +91,14 @@ def rfm_affinity(
         diff[:, layer] = (d.abs() if layer_filter == "abs" else d).sum(dim=(-2, -1))
     keep = diff <= diff.mean(dim=1, keepdim=True)  # (B, m)
     weights = keep.to(maps.dtype)
-    mean_kept = torch.einsum("bm,bmpq->bpq", weights, maps) / (weights.sum(dim=1)[:, None, None] + eps)
+    mean_kept = torch.einsum("bm,bmpq->bpq", weights, maps) / (
+        weights.sum(dim=1)[:, None, None] + eps
+    )
     return mean_kept * aff, keep
 
 
 def sinkhorn_normalize(affinity: Tensor, iters: int = 3) -> Tensor:
-    """Sinkhorn-style normalisation: ``iters`` passes of column-then-row division by the sums (spec §4.4).
+    """Sinkhorn-style normalisation: ``iters`` passes of column-then-row division (spec §4.4).
 
     Args:
         affinity (Tensor): (..., n, n) positive matrix.
@@ -104,7 +115,7 @@ def sinkhorn_normalize(affinity: Tensor, iters: int = 3) -> Tensor:
 
 
 def transition_matrix(affinity: Tensor, sinkhorn_iters: int = 3, power: int = 2) -> Tensor:
-    """Transition matrix T: Sinkhorn normalisation, symmetrisation (T + Tᵀ)/2, then T^power (spec §4.4).
+    """Transition matrix: Sinkhorn normalisation, (T + Tᵀ)/2, then T^power (spec §4.4).
 
     Args:
         affinity (Tensor): (B, n, n) static or RFM affinity.
@@ -112,7 +123,8 @@ def transition_matrix(affinity: Tensor, sinkhorn_iters: int = 3, power: int = 2)
         power (int): ``cfg.model.refine.power`` (2: one product T·T).
 
     Returns:
-        Tensor: (B, n, n) float32, symmetric before the power (and T² of a symmetric matrix is symmetric).
+        Tensor: (B, n, n) float32, symmetric before the power (and T² of a symmetric matrix is
+        symmetric).
     """
     if power < 1:
         raise ValueError(f"power must be >= 1, got {power}")
