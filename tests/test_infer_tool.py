@@ -1,6 +1,7 @@
 """tools/infer.py: end to end on synthetic VOC-layout data (subprocess and in-process), the metrics.json schema,
 the VOC test server layout, the free by-products, --skip-existing, multi-process sharding."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -70,7 +71,7 @@ def test_setting_labels_and_scale_parsing():
     assert infer.setting_label((1.0,), True, False) == "single-scale+flip"
     assert infer.setting_label((1.0, 0.75), True, True) == "MS(1,0.75)+flip+CRF"
     assert infer.parse_scales("1.0,0.75") == (1.0, 0.75)
-    with pytest.raises(Exception, match="positive"):
+    with pytest.raises(argparse.ArgumentTypeError, match="positive"):
         infer.parse_scales("1.0,-2")
     opts = infer.InferOptions(out_dir="x", scales=(1.0, 0.75), flip=True, resize_long=512, crf=True)
     # requested first, then the free by-products: reference scale un-flipped, and the same logits w/o CRF

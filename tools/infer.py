@@ -229,9 +229,10 @@ def run_inference(
         world_size (int): number of ranks.
 
     Returns:
-        dict: ``label`` (requested setting), ``matrices`` {setting: ConfusionMatrix} (empty without ground
-        truth; all-reduced), ``num_images`` (over all ranks), ``skipped`` (reused PNGs, over all ranks),
-        ``seconds`` (this rank's loop time).
+        dict: ``label`` (requested setting), ``settings`` (:func:`computed_settings`), ``matrices``
+        {setting: ConfusionMatrix} (empty without ground truth; all-reduced), ``num_images`` (over all
+        ranks), ``skipped`` (reused PNGs, over all ranks), ``seconds`` (this rank's loop time),
+        ``server_layout`` (True on a split without masks).
     """
     device = next(model.parameters()).device
     patch = int(model.backbone.patch_size)
