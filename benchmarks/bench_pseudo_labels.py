@@ -24,6 +24,7 @@ call, sampled every millisecond; CUDA: peak allocated), the agreement, and as it
 """
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -241,6 +242,14 @@ def reference_loop(
 
 
 # ------------------------------------------------------------------------------------- measurement
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that RSS growth measures this run only."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure then also depends on earlier runs
+        pass
+
+
 class PeakRSS:
     """Peak growth of the resident set of this process while active, sampled every ms (Linux)."""
 
@@ -294,6 +303,7 @@ def measure(
             times.append(time.perf_counter() - start)
             peak = max(peak, torch.cuda.max_memory_allocated(device) - base)
         else:
+            _release_free_memory()
             with PeakRSS() as rss:
                 start = time.perf_counter()
                 out = fn(timings)

@@ -34,12 +34,13 @@ def _per_class_loop(backbone, last_input, cls_labels, text_fg, text_bg, grid):
     return torch.stack(cams)
 
 
-def test_batched_equals_per_class_loop(tiny_clip):
+@pytest.mark.parametrize("strategy", ["rows", "slots", "auto"])
+def test_batched_equals_per_class_loop(tiny_clip, strategy):
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip)
     cls_labels = torch.tensor(
         [[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32
     )
-    out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
+    out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6), strategy=strategy)
     ref = _per_class_loop(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
     # pairs: image 0 classes 1, 3, 4; image 1 none; image 2 class 0
     assert out.batch_index.tolist() == [0, 0, 0, 2]
@@ -76,9 +77,11 @@ def test_absent_class_embeddings_do_not_matter(tiny_clip):
     torch.testing.assert_close(out_a.cams, out_b.cams, atol=1e-6, rtol=0)
 
 
-def test_no_present_class_anywhere(tiny_clip):
+@pytest.mark.parametrize("strategy", ["rows", "slots"])
+def test_no_present_class_anywhere(tiny_clip, strategy):
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=3)
-    out = gradcam(tiny_clip, feats[-1], torch.zeros(3, 5), text_fg, text_bg, (6, 6))
+    labels = torch.zeros(3, 5)
+    out = gradcam(tiny_clip, feats[-1], labels, text_fg, text_bg, (6, 6), strategy=strategy)
     assert out.cams.shape == (0, 6, 6) and out.batch_index.numel() == 0
     assert out.attn_last.shape == (3, 37, 37)
 
@@ -100,6 +103,8 @@ def test_bad_shapes_raise(tiny_clip):
         gradcam(tiny_clip, feats[-1], torch.ones(3, 5), text_fg, text_bg, (5, 6))
     with pytest.raises(ValueError, match="cls_labels"):
         gradcam(tiny_clip, feats[-1], torch.ones(3, 4), text_fg, text_bg, (6, 6))
+    with pytest.raises(ValueError, match="strategy"):
+        gradcam(tiny_clip, feats[-1], torch.ones(3, 5), text_fg, text_bg, (6, 6), strategy="x")
 
 
 def test_gradcam_formula_hand_worked():

@@ -156,8 +156,9 @@ class PAR(nn.Module):
             # one replicate pad by the largest dilation serves every neighbour: replicate padding
             # clamps coordinates to the border, whatever the padding width
             padded = F.pad(x, [pad] * 4, mode="replicate")
-            x = torch.zeros_like(x)
-            for n, (_, dy, dx) in enumerate(self.offsets):
+            _, dy, dx = self.offsets[0]
+            x = weights[:, :1] * _shifted(padded, pad, dy, dx, size)
+            for n, (_, dy, dx) in enumerate(self.offsets[1:], start=1):
                 x.addcmul_(weights[:, n : n + 1], _shifted(padded, pad, dy, dx, size))
         return x
 
