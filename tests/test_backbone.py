@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from weclip.models.clip_backbone import (
     FrozenCLIP,
-    _tokenizer_for,
     build_backbone,
     build_clip_model,
+    build_tokenizer,
     resize_pos_embed,
 )
 from weclip.models.text_encoder import prompt_embeddings
@@ -157,8 +157,8 @@ def test_weight_layouts_load_to_identical_outputs(tiny_reference, tiny_arch, tmp
     # fp16 round trip is what OpenAI's archive implies: compare against the fp16-rounded reference
     rounded = build_clip_model(tiny_arch, "random")
     rounded.load_state_dict({k: v.half().float() for k, v in tiny_reference.state_dict().items()})
-    ref_fp16 = _outputs(FrozenCLIP(rounded, _tokenizer_for(tiny_arch, 16)), images)
-    ref = _outputs(FrozenCLIP(tiny_reference, _tokenizer_for(tiny_arch, 16)), images)
+    ref_fp16 = _outputs(FrozenCLIP(rounded, build_tokenizer(tiny_arch, 16)), images)
+    ref = _outputs(FrozenCLIP(tiny_reference, build_tokenizer(tiny_arch, 16)), images)
 
     openai_path = str(tmp_path / "openai.pt")
     _openai_archive(tiny_reference, openai_path)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from tiny_clip import TINY_ARCH
 
 from weclip.config import load_config
 from weclip.engine.checkpoint import save_checkpoint
@@ -20,15 +21,6 @@ from weclip.models.weclip import build_weclip
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
-# The tiny CLIP of tests/conftest.py (ViT family, 8 px patches, 3 blocks), random weights.
-TINY_ARCH = dict(
-    embed_dim=32,
-    quick_gelu=True,
-    vision_cfg=dict(
-        image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"
-    ),
-    text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-)
 CLASS_NAMES = ("background", "circle", "square", "triangle", "cross")
 # (H, W) of the synthetic images: non-square, not multiples of 8
 SIZES: Tuple[Tuple[int, int], ...] = ((30, 44), (40, 26), (36, 36), (28, 41), (44, 30))

@@ -7,25 +7,16 @@ from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+from tiny_clip import TINY_ARCH
 from torch import nn
 
 from weclip.config import load_config
 from weclip.data.toy import ToyWorldConfig, write_toy_dataset
-from weclip.models.clip_backbone import FrozenCLIP, _tokenizer_for, build_clip_model
+from weclip.models.clip_backbone import FrozenCLIP, build_clip_model, build_tokenizer
 from weclip.models.decoder import WeCLIPDecoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(os.path.abspath(os.sys.executable))
-
-# A tiny CLIP of the ViT-B/16 family (tests/conftest.py TINY_ARCH): 32 px images, 8 px patches -> 4x4 grid.
-TINY_ARCH = dict(
-    embed_dim=32,
-    quick_gelu=True,
-    vision_cfg=dict(
-        image_size=32, patch_size=8, width=64, layers=3, head_width=32, pool_type="avg"
-    ),
-    text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-)
 
 
 @contextlib.contextmanager
@@ -103,7 +94,7 @@ class StandInWeCLIP(nn.Module):
     def __init__(self, num_classes: int = 5, dropout: float = 0.1) -> None:
         super().__init__()
         clip = build_clip_model(dict(TINY_ARCH), "random")
-        self.backbone = FrozenCLIP(clip, _tokenizer_for(dict(TINY_ARCH), clip.context_length))
+        self.backbone = FrozenCLIP(clip, build_tokenizer(dict(TINY_ARCH), clip.context_length))
         self.decoder = WeCLIPDecoder(
             in_dim=self.backbone.width,
             num_inputs=self.backbone.num_blocks - 1,

@@ -402,7 +402,8 @@ class FrozenCLIP(nn.Module):
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
 
-def _tokenizer_for(arch: ArchSpec, context_length: int):
+def build_tokenizer(arch: ArchSpec, context_length: int):
+    """open_clip's tokenizer for a named architecture, or its BPE tokenizer at ``context_length``."""
     if isinstance(arch, str):
         return open_clip.get_tokenizer(arch)
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
@@ -417,7 +418,7 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> FrozenCLIP:
         arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False)
     )
     return FrozenCLIP(
-        model, _tokenizer_for(arch, model.context_length), backbone_cfg.get("precision", "fp32")
+        model, build_tokenizer(arch, model.context_length), backbone_cfg.get("precision", "fp32")
     )
 
 
