@@ -234,7 +234,7 @@ class PseudoLabelEngine(nn.Module):
         out_size = tuple(images.shape[-2:]) if out_size is None else tuple(out_size)
         device = images.device
 
-        # 1. initial CAMs for every present class, one autograd call (spec §3)
+        # 1. initial CAMs for every present class, batched (spec §3; see gradcam strategies)
         with _stage(timings, "gradcam", device):
             cam = gradcam(
                 backbone,
