@@ -42,7 +42,7 @@ data = dict(
     prompt_class_names=("circle", "square", "triangle", "cross"),
     # Background prompts = the toy background textures; the tiny CLIP learned them from background-only
     # images, so they compete with the shapes in the Grad-CAM softmax as VOC's ground/sky/... do (spec §2).
-    prompt_bg_names=("stripes", "checkerboard", "gradient", "noise"),
+    prompt_bg_names=("plain", "stripes", "gradient", "noise"),
     crop_size=_image_size,  # crops as large as the images: the tiny CLIP's positional table is 16x16
     scale_range=(0.75, 1.5),  # milder than VOC's (0.5, 2.0): objects fill 28-55% of a 112 px image
 )
@@ -53,12 +53,20 @@ model = dict(
         # proj(mean of ln_post(patch tokens)), the image embedding WeCLIP uses (spec §1.6); QuickGELU as OpenAI.
         arch=dict(
             _delete_=True,  # replaces the base's architecture name (a string) by a kwargs dict
-            embed_dim=96,
+            embed_dim=64,
             quick_gelu=True,
             vision_cfg=dict(
-                image_size=_image_size, patch_size=8, width=96, layers=5, head_width=32, mlp_ratio=4.0, pool_type="avg"
+                image_size=_image_size,
+                patch_size=8,
+                width=64,
+                layers=5,
+                head_width=16,
+                mlp_ratio=4.0,
+                pool_type="avg",
             ),
-            text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=2, mlp_ratio=4.0),
+            text_cfg=dict(
+                context_length=16, vocab_size=49408, width=64, heads=2, layers=2, mlp_ratio=4.0
+            ),
         ),
         weights="weclip/assets/toy_clip/toy_clip.safetensors",  # committed; trained by tools/train_toy_clip.py
     ),

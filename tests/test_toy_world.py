@@ -1,4 +1,5 @@
 """The synthetic toy world (weclip/data/toy.py) and tools/make_toy_data.py."""
+
 import importlib.util
 import os
 
@@ -101,7 +102,10 @@ def test_colour_does_not_identify_the_class():
         fills[c].append(s.image[s.mask == c + 1].reshape(-1, 3).mean(0))
     for c, values in fills.items():
         assert len(values) > 30
-        assert np.all(np.abs(np.mean(values, 0) - 127.5) < 40), (TOY_CLASS_NAMES[c], np.mean(values, 0))
+        assert np.all(np.abs(np.mean(values, 0) - 127.5) < 40), (
+            TOY_CLASS_NAMES[c],
+            np.mean(values, 0),
+        )
 
 
 def test_shapes_are_distinct_and_sized():
@@ -138,7 +142,10 @@ def test_tool_without_arguments_writes_to_the_config_data_root(monkeypatch, tmp_
     assert seen["world"] == ToyWorldConfig.from_cfg(cfg.toy) and seen["force"] is False
     assert seen["counts"] == (cfg.toy.num_train, cfg.toy.num_val)
     # the toy config's data section matches what the generator writes
-    assert cfg.data.img_suffix == ".png" and cfg.data.crop_size == cfg.toy.image_size == cfg.test.resize_long
+    assert (
+        cfg.data.img_suffix == ".png"
+        and cfg.data.crop_size == cfg.toy.image_size == cfg.test.resize_long
+    )
     assert tuple(cfg.data.class_names[1:]) == TOY_CLASS_NAMES[: cfg.toy.num_classes]
     assert cfg.data.num_classes == cfg.toy.num_classes + 1
     # and the real tool writes a complete dataset (a small variant of the toy config, into a tmp dir)
@@ -148,4 +155,6 @@ def test_tool_without_arguments_writes_to_the_config_data_root(monkeypatch, tmp_
     )
     tool = _load_tool("make_toy_data")
     out = tool.main(tool.parse_args(["--config", str(small_cfg), "--root", str(tmp_path / "toy")]))
-    assert toy_dataset_complete(out, ToyWorldConfig.from_cfg(load_config(str(small_cfg)).toy), 0, 2, 1)
+    assert toy_dataset_complete(
+        out, ToyWorldConfig.from_cfg(load_config(str(small_cfg)).toy), 0, 2, 1
+    )

@@ -6,6 +6,7 @@
 With no arguments it reads ``configs/toy.py`` (``toy.*`` generator parameters, ``data.root``) and skips all work
 when the dataset there is already complete with the same parameters.
 """
+
 import argparse
 import logging
 import os
@@ -20,9 +21,15 @@ from weclip.data.toy import ToyWorldConfig, write_toy_dataset  # noqa: E402
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write the toy shapes dataset in the VOC layout.")
-    parser.add_argument("--config", default="configs/toy.py", help="config holding toy.* and data.root")
-    parser.add_argument("--root", default=None, help="output directory (default: the config's data.root)")
-    parser.add_argument("--force", action="store_true", help="regenerate even if the dataset is complete")
+    parser.add_argument(
+        "--config", default="configs/toy.py", help="config holding toy.* and data.root"
+    )
+    parser.add_argument(
+        "--root", default=None, help="output directory (default: the config's data.root)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="regenerate even if the dataset is complete"
+    )
     return parser.parse_args(argv)
 
 
@@ -34,7 +41,12 @@ def main(args: argparse.Namespace) -> str:
     root = args.root or cfg.data.root
     world = ToyWorldConfig.from_cfg(cfg.toy)
     names = write_toy_dataset(
-        root, world, seed=cfg.toy.seed, num_train=cfg.toy.num_train, num_val=cfg.toy.num_val, force=args.force
+        root,
+        world,
+        seed=cfg.toy.seed,
+        num_train=cfg.toy.num_train,
+        num_val=cfg.toy.num_val,
+        force=args.force,
     )
     print(f"toy dataset in {root}: " + ", ".join(f"{len(v)} {k}" for k, v in names.items()))
     return root

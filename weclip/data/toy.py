@@ -2,7 +2,7 @@
 
 Nothing real (CLIP weights, VOC, COCO) can be downloaded in CI, so the project ships a small world where the
 whole pipeline runs: K shape classes (circle, square, triangle, cross by default) drawn with random colours
-on random textured backgrounds (stripes, checkerboard, gradient, noise). Colour never identifies a class: the
+on random backgrounds (plain, stripes, gradient, noise). Colour never identifies a class: the
 fill colour of every object and both colours of every background are drawn uniformly at random, with a
 minimum contrast between an object and the background under it so that the shape is always visible.
 
@@ -17,6 +17,7 @@ Layout written by :func:`write_toy_dataset` (the VOC conventions of spec §10, w
 Every image is a pure function of ``(seed, split, index)`` (one ``numpy`` generator per image), so the same
 seed gives byte-identical files whatever the order or the subset generated.
 """
+
 import dataclasses
 import json
 import logging
@@ -50,10 +51,12 @@ logger = logging.getLogger("weclip")
 # Foreground classes (class id = index + 1). Very distinct outlines: curved, axis-aligned, diagonal, concave.
 TOY_CLASS_NAMES: Tuple[str, ...] = ("circle", "square", "triangle", "cross")
 # Background textures (also the toy background prompt names, see configs/toy.py).
-TOY_BG_KINDS: Tuple[str, ...] = ("stripes", "checkerboard", "gradient", "noise")
+TOY_BG_KINDS: Tuple[str, ...] = ("plain", "stripes", "gradient", "noise")
 
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "clip": 4}  # decorrelates the per-image generators
-_MIN_CONTRAST = 90.0  # minimum L2 RGB distance between an object's fill and the mean background under it
+_MIN_CONTRAST = (
+    90.0  # minimum L2 RGB distance between an object's fill and the mean background under it
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +83,18 @@ class ToyWorldConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= len(TOY_CLASS_NAMES):
-            raise ValueError(f"num_classes must be in [1, {len(TOY_CLASS_NAMES)}], got {self.num_classes}")
+            raise ValueError(
+                f"num_classes must be in [1, {len(TOY_CLASS_NAMES)}], got {self.num_classes}"
+            )
         if not 0 <= self.min_objects <= self.max_objects <= self.num_classes:
             raise ValueError(
                 f"need 0 <= min_objects <= max_objects <= num_classes, got "
                 f"{self.min_objects}, {self.max_objects}, {self.num_classes}"
             )
         if not 0 < self.min_size <= self.max_size < 1:
-            raise ValueError(f"need 0 < min_size <= max_size < 1, got {self.min_size}, {self.max_size}")
+            raise ValueError(
+                f"need 0 < min_size <= max_size < 1, got {self.min_size}, {self.max_size}"
+            )
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
 
@@ -122,7 +129,9 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
 
 
-def shape_mask(class_id: int, size: int, center: Tuple[float, float], diameter: float, angle: float) -> np.ndarray:
+def shape_mask(
+    class_id: int, size: int, center: Tuple[float, float], diameter: float, angle: float
+) -> np.ndarray:
     """Rasterise one shape.
 
     Args:
@@ -139,7 +148,9 @@ def shape_mask(class_id: int, size: int, center: Tuple[float, float], diameter: 
     canvas = np.zeros((size, size), np.uint8)
     r = diameter / 2.0
     if name == "circle":
-        cv2.circle(canvas, (int(round(center[0])), int(round(center[1]))), int(round(r)), 1, thickness=-1)
+        cv2.circle(
+            canvas, (int(round(center[0])), int(round(center[1]))), int(round(r)), 1, thickness=-1
+        )
         return canvas.astype(bool)
     if name == "square":
         pts = np.array([[-r, -r], [r, -r], [r, r], [-r, r]])
@@ -150,7 +161,20 @@ def shape_mask(class_id: int, size: int, center: Tuple[float, float], diameter: 
     elif name == "cross":  # plus sign, arm width = 0.4 diameter
         a = 0.2 * diameter
         pts = np.array(
-            [[-a, -r], [a, -r], [a, -a], [r, -a], [r, a], [a, a], [a, r], [-a, r], [-a, a], [-r, a], [-r, -a], [-a, -a]]
+            [
+                [-a, -r],
+                [a, -r],
+                [a, -a],
+                [r, -a],
+                [r, a],
+                [a, a],
+                [a, r],
+                [-a, r],
+                [-a, a],
+                [-r, a],
+                [-r, -a],
+                [-a, -a],
+            ]
         )
     else:  # pragma: no cover - TOY_CLASS_NAMES and this function change together
         raise ValueError(f"no renderer for toy class '{name}'")
@@ -179,15 +203,13 @@ def render_background(rng: np.random.Generator, size: int, kind: int) -> np.ndar
     c0, c1 = _random_colour(rng), _random_colour(rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     name = TOY_BG_KINDS[kind]
-    if name == "stripes":
+    if name == "plain":  # one colour (plus the grain below)
+        w = np.zeros((size, size), np.float32)
+    elif name == "stripes":
         t = rng.uniform(0, np.pi)
         period = rng.uniform(6, 16)
         u = xx * np.cos(t) + yy * np.sin(t)
         w = (np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)) > 0).astype(np.float32)
-    elif name == "checkerboard":
-        cell = rng.uniform(6, 14)
-        ox, oy = rng.uniform(0, cell, 2)
-        w = ((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2).astype(np.float32)
     elif name == "gradient":
         t = rng.uniform(0, 2 * np.pi)
         u = (xx - size / 2) * np.cos(t) + (yy - size / 2) * np.sin(t)
@@ -202,7 +224,9 @@ def render_background(rng: np.random.Generator, size: int, kind: int) -> np.ndar
     return img.astype(np.float32)
 
 
-def _box_overlap(a: Tuple[float, float, float, float], b: Tuple[float, float, float, float]) -> float:
+def _box_overlap(
+    a: Tuple[float, float, float, float], b: Tuple[float, float, float, float]
+) -> float:
     """Intersection over the smaller area of two (x0, y0, x1, y1) boxes."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -210,7 +234,9 @@ def _box_overlap(a: Tuple[float, float, float, float], b: Tuple[float, float, fl
     return iw * ih / max(smaller, 1e-6)
 
 
-def generate_sample(rng: np.random.Generator, cfg: ToyWorldConfig, num_objects: Optional[int] = None) -> ToySample:
+def generate_sample(
+    rng: np.random.Generator, cfg: ToyWorldConfig, num_objects: Optional[int] = None
+) -> ToySample:
     """Generate one image, its mask and its labels.
 
     Args:
@@ -265,7 +291,9 @@ def _meta(cfg: ToyWorldConfig, seed: int, num_train: int, num_val: int) -> Dict[
     }
 
 
-def toy_dataset_complete(root: str, cfg: ToyWorldConfig, seed: int, num_train: int, num_val: int) -> bool:
+def toy_dataset_complete(
+    root: str, cfg: ToyWorldConfig, seed: int, num_train: int, num_val: int
+) -> bool:
     """True if ``root`` holds a finished dataset generated with exactly these parameters."""
     path = os.path.join(root, "toy_meta.json")
     if not os.path.isfile(path):
@@ -314,7 +342,9 @@ def write_toy_dataset(
         return names
     meta_path = os.path.join(root, "toy_meta.json")
     if os.path.exists(meta_path):
-        os.remove(meta_path)  # parameters changed or forced: the old marker no longer describes the files
+        os.remove(
+            meta_path
+        )  # parameters changed or forced: the old marker no longer describes the files
     os.makedirs(os.path.join(root, "JPEGImages"), exist_ok=True)
     os.makedirs(os.path.join(root, "SegmentationClassAug"), exist_ok=True)
     label_lines: List[str] = []
@@ -325,9 +355,15 @@ def write_toy_dataset(
             _save_png(os.path.join(root, "JPEGImages", f"{name}.png"), sample.image)
             _save_png(os.path.join(root, "SegmentationClassAug", f"{name}.png"), sample.mask)
             label_lines.append(" ".join([name] + [str(c) for c in sample.labels]))
-        atomic_write_text(os.path.join(root, f"{split}.txt"), "".join(n + "\n" for n in names[split]))
-    atomic_write_text(os.path.join(root, "cls_labels.txt"), "".join(line + "\n" for line in label_lines))
-    atomic_write_text(meta_path, json.dumps(_meta(cfg, seed, num_train, num_val), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            os.path.join(root, f"{split}.txt"), "".join(n + "\n" for n in names[split])
+        )
+    atomic_write_text(
+        os.path.join(root, "cls_labels.txt"), "".join(line + "\n" for line in label_lines)
+    )
+    atomic_write_text(
+        meta_path, json.dumps(_meta(cfg, seed, num_train, num_val), indent=2, sort_keys=True) + "\n"
+    )
     logger.info("wrote toy dataset to %s (%d train, %d val)", root, num_train, num_val)
     return names
 
