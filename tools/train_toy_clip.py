@@ -28,6 +28,10 @@ informative.
 3. Joint CLIP fine-tuning (``--steps``): full-size images with 1-2 objects, both towers, the real prompt
    embeddings, image-level targets only; the temperature is annealed from ``--warm-scale`` to 100
    (WeCLIP's exp(logit_scale), spec §1.6) over the first half; logit_scale is stored as log(100).
+4. Grad-CAM localisation (``--cam-steps``, usually from ``--init`` weights of phases 1-3): WeCLIP's
+   Grad-CAM (spec §3) is computed with ``create_graph=True`` and trained by double backpropagation towards
+   each present object's patches, next to the image-level loss (``gradcam_loss``). Like phase 1's patch
+   term this uses the synthetic world's masks, for the tiny CLIP only; WeCLIP never sees them.
 
 Progress: tqdm; zero-shot accuracy on single-object images (argmax over the K class prompts) and a
 Grad-CAM check at the last block's LN1 output (spec §3) after phases 2 and 3; final JSON on stdout.
@@ -278,6 +282,60 @@ def save_safetensors(model: open_clip.CLIP, path: str, half: bool) -> None:
         save_file(state, tmp, metadata={"format": "pt"})
 
 
+CAM_SEED_OFFSET = 4321  # phase 4 draws its own images ("clip" split, never the dataset's train/val)
+
+
+def gradcam_forward(
+    model: open_clip.CLIP, images: torch.Tensor, tokens: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, K+M) at scale 100 and the last block's LN1 output (B, L, D), both in the graph.
+
+    The last block uses the explicit attention path (``need_weights=True``): the fused kernel has no
+    double backward.
+    """
+    vis = model.visual
+    x = vis._embeds(images)
+    for block in vis.transformer.resblocks[:-1]:
+        x = block(x)
+    last = vis.transformer.resblocks[-1]
+    act = last.ln_1(x)
+    x = x + last.ls_1(last.attn(act, act, act, need_weights=True)[0])
+    x = x + last.ls_2(last.mlp(last.ln_2(x)))
+    emb = F.normalize(
+        vis.ln_post(x)[:, 1:].mean(1) @ vis.proj, dim=-1
+    )  # WeCLIP's embedding (spec §1.6)
+    txt = F.normalize(model.encode_text(tokens), dim=-1)
+    return LOGIT_SCALE * emb @ txt.t(), act
+
+
+def gradcam_loss(
+    logits: torch.Tensor,
+    act: torch.Tensor,
+    labels: List[List[int]],
+    patch_target: torch.Tensor,
+    num_classes: int,
+    num_bg: int,
+) -> torch.Tensor:
+    """BCE between each present class's pre-ReLU Grad-CAM (max-abs normalised) and its patch mask.
+
+    Grad-CAM exactly as WeCLIP (spec §3): target = softmax probability over [present fg; all bg]
+    prompts, gradient at ``act``, weights = spatial mean of the gradient; ``create_graph`` keeps the map
+    differentiable w.r.t. the CLIP weights.
+    """
+    losses = []
+    for i, present in enumerate(labels):
+        present = sorted(set(present))
+        rows = present + list(range(num_classes, num_classes + num_bg))
+        probs = logits[i, rows].softmax(-1)
+        for j, c in enumerate(present):
+            (grad,) = torch.autograd.grad(probs[j], act, create_graph=True)
+            cam = act[i, 1:] @ grad[i, 1:].mean(0)  # (n,) pre-ReLU map
+            cam = cam / (cam.abs().max().detach() + 1e-12)
+            on = (patch_target[i, :, c] > 0.5).float()
+            losses.append(F.binary_cross_entropy_with_logits(8.0 * cam, on))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,6 +351,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-steps", type=int, default=200, help="phase 2: text alignment steps")
     p.add_argument("--steps", type=int, default=400, help="phase 3: joint full-size steps")
     p.add_argument("--warm-scale", type=float, default=10.0, help="logit scale of phases 1-2")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (.safetensors) instead of random init",
+    )
+    p.add_argument(
+        "--cam-steps", type=int, default=0, help="phase 4: Grad-CAM localisation fine-tuning steps"
+    )
+    p.add_argument("--cam-weight", type=float, default=1.0, help="phase 4: weight of the CAM loss")
+    p.add_argument("--cam-lr", type=float, default=3e-4, help="phase 4: AdamW lr (no weight decay)")
+    p.add_argument("--cam-batch-size", type=int, default=16)
+    p.add_argument(
+        "--cam-scale", type=float, default=30.0, help="phase 4: logit scale of the image-level loss"
+    )
+    p.add_argument(
+        "--bg-share-cam",
+        type=float,
+        default=0.3,
+        help="phase 4: target mass of the background prompt",
+    )
     p.add_argument("--joint-lr-mult", type=float, default=0.5, help="phase 3 lr = lr x this")
     p.add_argument("--lowres-batch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
@@ -328,6 +406,12 @@ def main(args: argparse.Namespace) -> None:
     world = ToyWorldConfig.from_cfg(cfg.toy)
     arch = cfg.model.backbone.arch.to_dict()
     model = open_clip.CLIP(**arch)
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(
+            {k_: v.float() for k_, v in load_file(args.init).items()}, strict=False
+        )
     with torch.no_grad():
         model.logit_scale.fill_(math.log(LOGIT_SCALE))
     model.logit_scale.requires_grad_(False)
@@ -442,7 +526,8 @@ def main(args: argparse.Namespace) -> None:
         txt = F.normalize(model.encode_text(tokens), dim=-1)
         loss = soft_ce(txt, anchors, args.warm_scale, torch.eye(k + m))
         step_opt(loss)
-    report("text-aligned", args.warm_steps, float(loss))
+    if args.text_steps > 0:
+        report("text-aligned", args.warm_steps, float(loss))
     # Phase 3, CLIP fine-tuning at full size with 1-2 objects: both towers, the real prompt embeddings,
     # the temperature annealed from warm_scale to 100 over the first half (WeCLIP's 100, spec §1.6).
     for step in tqdm(range(args.steps), desc="3/3 joint", mininterval=10):
@@ -458,6 +543,33 @@ def main(args: argparse.Namespace) -> None:
         step_opt(loss)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             report("joint", args.warm_steps + step + 1, float(loss))
+    # Phase 4, Grad-CAM localisation: the Grad-CAM WeCLIP computes (last block's LN1 output, softmax over
+    # [present fg; bg] prompts at scale 100, spatial-mean gradient weights, spec §3) is trained, by double
+    # backpropagation, to be positive on the present object's patches and not elsewhere.
+    if args.cam_steps > 0:
+        cam_opt = torch.optim.AdamW(
+            [p_ for p_ in model.parameters() if p_.requires_grad], lr=args.cam_lr, weight_decay=0.0
+        )
+        for step in tqdm(range(args.cam_steps), desc="4/4 Grad-CAM", mininterval=10):
+            images, labels, kinds, masks = make_batch(
+                args.seed + CAM_SEED_OFFSET, step, args.cam_batch_size, world, 0.0
+            )
+            logits, act = gradcam_forward(model, to_tensor(images, mean, std), tokens)
+            target = soft_targets(labels, kinds, k, m, args.bg_share_cam)
+            loss_img = -(target * (logits * (args.cam_scale / LOGIT_SCALE)).log_softmax(-1)).sum(-1)
+            loss = loss_img.mean() + args.cam_weight * gradcam_loss(
+                logits,
+                act,
+                labels,
+                patch_targets(masks, kinds, k, m, model.visual.patch_size[0]),
+                k,
+                m,
+            )
+            cam_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            cam_opt.step()
+            if (step + 1) % args.eval_every == 0 or step + 1 == args.cam_steps:
+                report("grad-cam", args.warm_steps + args.steps + step + 1, float(loss))
     # Final figures on the weights as stored (fp16 round trip).
     from safetensors.torch import load_file
 
