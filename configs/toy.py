@@ -79,24 +79,31 @@ model = dict(
         # The tiny CLIP has 5 blocks -> 4 attention maps from forward_blocks (VOC: 11 maps, 8 static / 6 RFM).
         static_layers=3,
         rfm_layers=3,
-        rfm_start_iter=150,  # switch to the RFM halfway through the short schedule, once the decoder has learned
+        rfm_start_iter=150,  # RFM once the decoder affinity carries some structure (10% of the schedule)
         box_threshold=0.4,  # VOC's value (spec §4.5); toy objects are compact like VOC's
     ),
 )
 
+optim = dict(
+    lr=4e-4,  # effective decoder lr 4e-3 (x head_lr_mult 10): the short toy schedule learns faster with it
+)
+
 train = dict(
-    max_iters=300,  # a few minutes on CPU; tuned by the demo
-    batch_size=8,  # 8 crops of 128 px cost less than VOC's 4 of 320 px
+    max_iters=1500,  # ~6 min on 2 CPU cores with one thread (tools/demo.py); tuned on toy val
+    batch_size=8,  # 8 crops of 112 px cost less than VOC's 4 of 320 px
     num_workers=0,  # images are tiny; workers would cost more than they save on a 2-core machine
-    log_interval=20,
-    vis_interval=100,
-    ckpt_interval=300,  # one checkpoint at the end
-    eval_interval=100,
+    log_interval=50,
+    vis_interval=500,
+    ckpt_interval=500,  # an interrupted demo resumes from the last one
+    eval_interval=750,
     eval_split="val",  # toy val has masks and is disjoint from train (VOC validates on train, spec §8)
     eval_max_images=None,
 )
 
 test = dict(
-    resize_long=_image_size,  # infer at the training size (VOC: 512 for 320 crops, spec §9)
+    # Infer at 1.5x the training crop, as VOC infers at 512 for 320 crops (spec §9); 168 is still inside the
+    # training scale range (0.75-1.5) and gives the decoder a 21x21 grid. Measured on toy val (MS+flip):
+    # 0.600 at 112, 0.628 at 168, 0.554 at 224 with the same checkpoint.
+    resize_long=int(1.5 * _image_size),
 )
 del _image_size  # helper only; keep it out of the resolved config
