@@ -57,6 +57,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="evaluate on the first N images only (quick runs)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per tool process (OMP_NUM_THREADS); 1 is fastest for these tiny models on a "
+        "small or busy CPU, where more threads mostly wait on each other",
+    )
+    parser.add_argument(
         "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="passed to every tool"
     )
     return parser.parse_args(argv)
@@ -69,10 +76,11 @@ def parse_options(items: List[str]) -> Dict[str, object]:
     return parser.parse_args(["--cfg-options", *items]).cfg_options if items else {}
 
 
-def run(cmd: List[str]) -> None:
+def run(cmd: List[str], threads: int) -> None:
     """Run one tool from the repository root, streaming its output; stop the demo if it fails."""
-    print("\n$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO)
+    print(f"\n$ OMP_NUM_THREADS={threads} " + " ".join(cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
 
@@ -94,7 +102,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     start = time.time()
 
     # 1. data (skipped when complete), where the (possibly overridden) config looks for it
-    run([py, "tools/make_toy_data.py", "--config", args.config, "--root", cfg.data.root])
+    run(
+        [py, "tools/make_toy_data.py", "--config", args.config, "--root", cfg.data.root],
+        args.threads,
+    )
 
     # 2. training on CPU; `--resume auto` continues an interrupted demo and skips a finished one
     run(
@@ -109,7 +120,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             "--resume",
             "auto",
         ]
-        + options
+        + options,
+        args.threads,
     )
     checkpoint = find_latest_checkpoint(work_dir)
     if checkpoint is None:
@@ -133,7 +145,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             pseudo_dir,
         ]
         + limit
-        + options
+        + options,
+        args.threads,
     )
 
     # 4. decoder inference: the config's scales + flip, with CRF; single scale and no-CRF come for free
@@ -155,7 +168,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             infer_dir,
         ]
         + limit
-        + options
+        + options,
+        args.threads,
     )
     variants = {
         os.path.basename(os.path.dirname(p)): p
