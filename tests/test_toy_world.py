@@ -142,10 +142,10 @@ def test_tool_without_arguments_writes_to_the_config_data_root(monkeypatch, tmp_
     assert seen["world"] == ToyWorldConfig.from_cfg(cfg.toy) and seen["force"] is False
     assert seen["counts"] == (cfg.toy.num_train, cfg.toy.num_val)
     # the toy config's data section matches what the generator writes
-    assert (
-        cfg.data.img_suffix == ".png"
-        and cfg.data.crop_size == cfg.toy.image_size == cfg.test.resize_long
-    )
+    assert cfg.data.img_suffix == ".png" and cfg.data.crop_size == cfg.toy.image_size
+    # inference size: inside the training scale range (VOC: 512 for 320 crops) and a whole patch grid
+    assert cfg.toy.image_size <= cfg.test.resize_long <= cfg.data.scale_range[1] * cfg.toy.image_size
+    assert cfg.test.resize_long % 8 == 0
     assert tuple(cfg.data.class_names[1:]) == TOY_CLASS_NAMES[: cfg.toy.num_classes]
     assert cfg.data.num_classes == cfg.toy.num_classes + 1
     # and the real tool writes a complete dataset (a small variant of the toy config, into a tmp dir)
