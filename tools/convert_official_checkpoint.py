@@ -40,7 +40,7 @@ REPO = os.path.dirname(TOOLS)
 sys.path.insert(0, REPO)  # the repository, for `weclip`
 
 import weclip  # noqa: E402
-from weclip.config import load_config, to_dict  # noqa: E402
+from weclip.config import load_config, to_plain  # noqa: E402
 from weclip.models.decoder import WeCLIPDecoder, build_decoder  # noqa: E402
 from weclip.models.official_names import (  # noqa: E402
     IGNORED_OFFICIAL_PREFIXES,
@@ -152,7 +152,7 @@ def convert(
 
     checkpoint = {
         "model": {k: v.detach().clone() for k, v in decoder.state_dict().items()},
-        "config": to_dict(cfg),
+        "config": to_plain(cfg),
         "iteration": iteration if iteration is not None else iteration_from_name(official),
         "meta": {
             "source": os.path.abspath(official),

@@ -6,13 +6,13 @@ and an atomic dump of the resolved config into the work dir.
 """
 
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from mmengine.config import Config, ConfigDict
 
 from weclip.utils.io import atomic_path
 
-__all__ = ["load_config", "check_override_keys", "resolve_work_dir", "dump_config", "to_dict"]
+__all__ = ["load_config", "check_override_keys", "resolve_work_dir", "dump_config", "to_plain"]
 
 
 def check_override_keys(cfg: Config, options: Mapping[str, Any]) -> None:
@@ -72,6 +72,13 @@ def dump_config(cfg: Config, work_dir: str, name: str = "config.py") -> str:
     return path
 
 
-def to_dict(cfg: Config) -> Dict[str, Any]:
-    """The config as plain python containers (for checkpoints and logs)."""
-    return cfg.to_dict()
+def to_plain(obj: Any) -> Any:
+    """mmengine Config / ConfigDict (and tuples) as plain dicts and lists, e.g. for checkpoints or for
+    open_clip's dataclass configs; tuples become lists (comparisons of stored configs ignore that)."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import weclip
+from weclip.config import to_plain
 from weclip.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
@@ -125,17 +126,6 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{int(iteration)}.pth"
 
 
-def _plain(obj: Any) -> Any:
-    """mmengine ConfigDict / Config -> plain dicts, lists (tuples become lists: comparisons ignore that)."""
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def save_checkpoint(
     work_dir: str,
     *,
@@ -177,7 +167,7 @@ def save_checkpoint(
         "world_size": len(rng_states),
         "rng_states": list(rng_states),
         "data_positions": [int(p) for p in data_positions],
-        "config": _plain(config),
+        "config": to_plain(config),
         "meta": {
             "num_classes": num_classes,
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -331,7 +321,7 @@ def check_resume_compatible(
         ignored (Iterable[str]): dotted keys that may differ.
     """
     check_state_dict_compatible(decoder_of(model).state_dict(), checkpoint["model"], source)
-    now = _select(_flatten(_plain(config)), keys, ignored)
+    now = _select(_flatten(to_plain(config)), keys, ignored)
     then = _select(_flatten(checkpoint["config"]), keys, ignored)
     differing = [
         f"{k}: checkpoint {then.get(k, '<absent>')!r} vs now {now.get(k, '<absent>')!r}"

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weclip.config import to_plain
+
 logger = logging.getLogger("weclip")
 
 __all__ = [
@@ -413,19 +415,10 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> FrozenCLIP:
     """Build the frozen backbone from ``cfg.model.backbone`` (keys: arch, weights, allow_download, precision)."""
     arch = backbone_cfg["arch"]
     if not isinstance(arch, str):
-        arch = _plain(arch)
+        arch = to_plain(arch)
     model = build_clip_model(
         arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False)
     )
     return FrozenCLIP(
         model, build_tokenizer(arch, model.context_length), backbone_cfg.get("precision", "fp32")
     )
-
-
-def _plain(obj: Any) -> Any:
-    """mmengine ConfigDicts / tuples to plain dicts / lists, as open_clip's dataclass configs expect."""
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
