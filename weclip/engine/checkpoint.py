@@ -208,6 +208,20 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
     return path
 
 
+def _read_checkpoint_file(path: str, map_location: Any) -> Mapping[str, Any]:
+    """``torch.load`` a checkpoint file, with one clear error for a missing, unreadable or non-dict file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    try:
+        # RNG states hold numpy arrays and python tuples: not loadable with weights_only=True.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"Cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, Mapping):
+        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Read a training checkpoint and check that it has every field of the schema.
 
@@ -218,15 +232,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     Returns:
         dict: the checkpoint (see the module docstring).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        # RNG states hold numpy arrays and python tuples: not loadable with weights_only=True.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise RuntimeError(f"Cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict")
+    state = _read_checkpoint_file(path, map_location)
     missing = [k for k in _REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(
@@ -353,14 +359,7 @@ def load_decoder_checkpoint(
     Returns:
         dict: ``{"iteration": int | None, "config": dict | None}`` from the checkpoint.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise RuntimeError(f"Cannot read checkpoint {path}: {err}") from err
-    if not isinstance(state, Mapping):
-        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict")
+    state = _read_checkpoint_file(path, map_location)
     weights = state["model"] if "model" in state and isinstance(state["model"], Mapping) else state
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ValueError(
