@@ -42,7 +42,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.config import DictAction
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -74,6 +73,7 @@ from weclip.refine.transition import (  # noqa: E402
     static_affinity,
     transition_matrix,
 )
+from weclip.utils.cli import add_runtime_args  # noqa: E402
 from weclip.utils.dist import barrier, cleanup, init_distributed  # noqa: E402
 from weclip.utils.logging import setup_logger  # noqa: E402
 
@@ -281,19 +281,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--max-images", type=int, default=None, help="only the first N images of the split"
     )
     parser.add_argument("--data-workers", type=int, default=0, help="data-loading processes")
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun"
-    )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        default={},
-        help="override existing config keys",
-    )
+    add_runtime_args(parser, cfg_options_help="override existing config keys")
     args = parser.parse_args(argv)
     if args.workers < 0 or args.data_workers < 0:
         parser.error("--workers and --data-workers must be >= 0")

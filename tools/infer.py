@@ -52,7 +52,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.config import DictAction
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -80,6 +79,7 @@ from weclip.evaluation.metrics import (  # noqa: E402
     write_metrics_json,
 )
 from weclip.refine.crf import CRFPool  # noqa: E402
+from weclip.utils.cli import add_runtime_args  # noqa: E402
 from weclip.utils.dist import all_reduce_sum, barrier, cleanup, init_distributed  # noqa: E402
 from weclip.utils.io import atomic_path  # noqa: E402
 from weclip.utils.logging import setup_logger  # noqa: E402
@@ -405,21 +405,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-images", type=int, default=None, help="only the first N images of the split"
     )
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun"
-    )
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="default: cuda when available",
-    )
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        default={},
-        help="override existing config keys, e.g. data.root=/data/VOC2012 test.resize_long=512",
+    add_runtime_args(
+        parser,
+        cfg_options_help="override existing config keys, e.g. data.root=/data/VOC2012 "
+        "test.resize_long=512",
     )
     args = parser.parse_args(argv)
     if args.workers < 0 or args.data_workers < 0:

@@ -25,13 +25,11 @@ import logging
 import os
 import sys
 
-import torch
-from mmengine.config import DictAction
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from weclip.config import dump_config, load_config, resolve_work_dir  # noqa: E402
 from weclip.engine.trainer import run_training  # noqa: E402
+from weclip.utils.cli import add_runtime_args  # noqa: E402
 from weclip.utils.dist import cleanup, init_distributed  # noqa: E402
 from weclip.utils.logging import setup_logger  # noqa: E402
 
@@ -53,21 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="'auto' (the default when the flag is given without a value): continue from\n"
         "WORK_DIR/checkpoints/latest, or start fresh if there is none; PATH: that checkpoint",
     )
-    parser.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        default={},
-        help="override existing config keys, e.g. train.max_iters=1000 data.root=/data/VOC2012",
-    )
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch"], default="none", help="'pytorch' under torchrun"
-    )
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="default: cuda when available",
+    add_runtime_args(
+        parser,
+        cfg_options_help="override existing config keys, e.g. train.max_iters=1000 "
+        "data.root=/data/VOC2012",
     )
     parser.add_argument(
         "--amp", action="store_true", help="bf16 autocast of the forward on CUDA (sets train.amp)"

@@ -28,7 +28,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from mmengine.config import DictAction
 from PIL import Image
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +39,7 @@ from _weclip_tools import load_model, names_index, read_name_list  # noqa: E402
 from weclip.config import load_config  # noqa: E402
 from weclip.data import build_dataset, read_rgb  # noqa: E402
 from weclip.engine.inference import crop_to_patch_multiple, predict_from_cfg  # noqa: E402
+from weclip.utils.cli import add_runtime_args  # noqa: E402
 from weclip.utils.dist import init_distributed  # noqa: E402
 from weclip.utils.io import atomic_path  # noqa: E402
 from weclip.utils.logging import setup_logger  # noqa: E402
@@ -173,12 +173,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--ms", default=None, help="test scales, as in tools/infer.py")
     parser.add_argument("--no-flip", action="store_true", help="prediction without flip averaging")
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, default={}, help="override config keys"
-    )
+    add_runtime_args(parser, cfg_options_help="override existing config keys", launcher=False)
     args = parser.parse_args(argv)
     if args.num < 1:
         parser.error("--num must be >= 1")
