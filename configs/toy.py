@@ -103,7 +103,7 @@ train = dict(
 test = dict(
     # Infer at 1.5x the training crop, as VOC infers at 512 for 320 crops (spec §9); 168 is still inside the
     # training scale range (0.75-1.5) and gives the decoder a 21x21 grid. Measured on toy val (MS+flip):
-    # 0.600 at 112, 0.628 at 168, 0.554 at 224 with the same checkpoint.
+    # 0.600 at 112, 0.628 at 168, 0.554 at 224 with the same checkpoint (previous tiny CLIP weights).
     resize_long=int(1.5 * _image_size),
 )
 del _image_size  # helper only; keep it out of the resolved config

@@ -28,22 +28,20 @@ informative.
 3. Joint CLIP fine-tuning (``--steps``): full-size images with 1-2 objects, both towers, the real prompt
    embeddings, image-level targets only; the temperature is annealed from ``--warm-scale`` to 100
    (WeCLIP's exp(logit_scale), spec §1.6) over the first half; logit_scale is stored as log(100).
-4. Patch semantics (``--semantic-steps``, usually from ``--init`` weights of phases 1-3): full-size images
-   with 1-2 objects; every projected patch token proj(ln_post(token)) of the second-to-last block (the
-   deepest block the WeCLIP decoder reads, spec §6) is classified against the prompt embeddings (``dense_loss``, patch-level targets as in phase 1), next to the image-level loss. After
-   phases 1-3 the object patches of those blocks named the right shape only about half of the time, and
-   the decoder, which has to name every pixel without image-level labels, cannot do better than its input:
-   a real CLIP's deep patch tokens carry the class of what they show, which is what makes WeCLIP's decoder
-   work.
-5. Grad-CAM localisation (``--cam-steps``): WeCLIP's Grad-CAM (spec §3) is computed with
-   ``create_graph=True`` and trained by double backpropagation towards each present object's patches, next
-   to the image-level loss (``gradcam_loss``) and, with ``--cam-dense-weight``, phase 4's patch loss.
+4. Grad-CAM localisation and patch semantics (``--cam-steps``, usually from ``--init`` weights of phases
+   1-3): WeCLIP's Grad-CAM (spec §3) is computed with ``create_graph=True`` and trained by double
+   backpropagation towards each present object's patches (``gradcam_loss``), next to the image-level loss
+   and, with ``--cam-dense-weight``, a patch loss (``dense_loss``): every projected patch token
+   proj(ln_post(token)) of the second-to-last block, the deepest block the WeCLIP decoder reads (spec §6),
+   is classified against the prompt embeddings with the class fractions of its patch as target. The decoder
+   has to name every pixel without image-level labels and cannot do better than its input; a real CLIP's
+   deep patch tokens carry the class of what they show, and this term manufactures that property.
 
-Phases 1, 4 and 5 use the synthetic world's masks, for the tiny CLIP only; WeCLIP never sees them.
+Phases 1 and 4 use the synthetic world's masks, for the tiny CLIP only; WeCLIP never sees them.
 
 Progress: tqdm; zero-shot accuracy on single-object images (argmax over the K class prompts), the patch
-accuracy of phase 4's tokens and a Grad-CAM check at the last block's LN1 output (spec §3) after phases 2-5;
-final JSON on stdout.
+accuracy of the decoder's deepest input block (``patch_acc``) and a Grad-CAM check at the last block's LN1
+output (spec §3) after phases 2-4; final JSON on stdout.
 """
 
 import argparse
@@ -302,9 +300,7 @@ def save_safetensors(model: open_clip.CLIP, path: str, half: bool) -> None:
         save_file(state, tmp, metadata={"format": "pt"})
 
 
-# phases 4 and 5 draw their own images ("clip" split, never the dataset's train/val)
-SEMANTIC_SEED_OFFSET = 8765
-CAM_SEED_OFFSET = 4321
+CAM_SEED_OFFSET = 4321  # phase 4 draws its own images ("clip" split, never the dataset's train/val)
 
 
 def semantic_forward(
@@ -391,35 +387,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start from these weights (.safetensors) instead of random init",
     )
     p.add_argument(
-        "--semantic-steps", type=int, default=0, help="phase 4: patch-semantics fine-tuning steps"
+        "--cam-steps", type=int, default=0, help="phase 4: Grad-CAM localisation fine-tuning steps"
     )
-    p.add_argument(
-        "--semantic-weight", type=float, default=1.0, help="phase 4: weight of the patch-level loss"
-    )
-    p.add_argument("--semantic-lr", type=float, default=1e-3, help="phase 4: peak AdamW lr")
-    p.add_argument(
-        "--cam-steps", type=int, default=0, help="phase 5: Grad-CAM localisation fine-tuning steps"
-    )
-    p.add_argument("--cam-weight", type=float, default=1.0, help="phase 5: weight of the CAM loss")
+    p.add_argument("--cam-weight", type=float, default=1.0, help="phase 4: weight of the CAM loss")
     p.add_argument(
         "--cam-dense-weight",
         type=float,
         default=0.0,
-        help="phase 5: weight of phase 4's patch-level loss, which keeps the patch semantics",
+        help="phase 4: weight of the patch loss on the second-to-last block's tokens (dense_loss)",
     )
-    p.add_argument("--cam-lr", type=float, default=3e-4, help="phase 5: AdamW lr (no weight decay)")
+    p.add_argument("--cam-lr", type=float, default=3e-4, help="phase 4: AdamW lr (no weight decay)")
     p.add_argument("--cam-batch-size", type=int, default=16)
     p.add_argument(
         "--cam-scale",
         type=float,
         default=30.0,
-        help="phases 4-5: logit scale of the image-level and patch-level losses",
+        help="phase 4: logit scale of the image-level and patch losses",
     )
     p.add_argument(
         "--bg-share-cam",
         type=float,
         default=0.3,
-        help="phases 4-5: target mass of the background prompt",
+        help="phase 4: target mass of the background prompt",
     )
     p.add_argument("--joint-lr-mult", type=float, default=0.5, help="phase 3 lr = lr x this")
     p.add_argument("--lowres-batch-size", type=int, default=64)
@@ -501,11 +490,11 @@ def main(args: argparse.Namespace) -> None:
         betas=(0.9, 0.98),
     )
 
-    def lr_at(step: int, total: int, base: float = args.lr) -> float:
+    def lr_at(step: int, total: int) -> float:
         if step < args.warmup:  # 1) linear warm-up
-            return base * (step + 1) / args.warmup
+            return args.lr * (step + 1) / args.warmup
         t = (step - args.warmup) / max(1, total - args.warmup)  # 2) cosine decay to 0
-        return base * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def soft_ce(emb: torch.Tensor, classifier: torch.Tensor, scale: float, target: torch.Tensor):
         logits = scale * emb @ classifier.t()  # (B, K+M) scaled cosines
@@ -545,7 +534,7 @@ def main(args: argparse.Namespace) -> None:
     warm_val_labels = torch.tensor([w.labels[0] for w in warm_samples])
     anchors = torch.linalg.qr(torch.randn(model.visual.output_dim, k + m))[0].t().contiguous()
     grid, win = model.visual.grid_size, half // model.visual.patch_size[0]
-    for step in tqdm(range(args.warm_steps), desc="1/5 vision warm start", mininterval=10):
+    for step in tqdm(range(args.warm_steps), desc="1/4 vision warm start", mininterval=10):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.warm_steps)
         images, labels, kinds, masks = make_batch(
@@ -570,7 +559,7 @@ def main(args: argparse.Namespace) -> None:
             acc = float((pred == warm_val_labels).float().mean())
             logger.info("warm step %d: loss %.3f, accuracy vs anchors %.3f", step + 1, loss, acc)
     # Phase 2, text alignment: the text tower learns to put each prompt on its anchor (vision frozen).
-    for _step in tqdm(range(args.text_steps), desc="2/5 text alignment", mininterval=10):
+    for _step in tqdm(range(args.text_steps), desc="2/4 text alignment", mininterval=10):
         for group in opt.param_groups:
             group["lr"] = args.lr
         txt = F.normalize(model.encode_text(tokens), dim=-1)
@@ -580,7 +569,7 @@ def main(args: argparse.Namespace) -> None:
         report("text-aligned", args.warm_steps, float(loss))
     # Phase 3, CLIP fine-tuning at full size with 1-2 objects: both towers, the real prompt embeddings,
     # the temperature annealed from warm_scale to 100 over the first half (WeCLIP's 100, spec §1.6).
-    for step in tqdm(range(args.steps), desc="3/5 joint", mininterval=10):
+    for step in tqdm(range(args.steps), desc="3/4 joint", mininterval=10):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps) * args.joint_lr_mult
         scale = args.warm_scale + (LOGIT_SCALE - args.warm_scale) * min(1.0, 2 * step / args.steps)
@@ -593,65 +582,32 @@ def main(args: argparse.Namespace) -> None:
         step_opt(loss)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             report("joint", args.warm_steps + step + 1, float(loss))
-    done = args.warm_steps + args.steps
-
-    def fine_tune_loss(
-        seed: int, step: int, batch_size: int, dense_weight: float, cam_weight: float
-    ):
-        """Phases 4-5: image-level soft targets + patch semantics + Grad-CAM localisation."""
-        images, labels, kinds, masks = make_batch(seed, step, batch_size, world, 0.0)
-        logits, act, dense = semantic_forward(model, to_tensor(images, mean, std), tokens)
-        target = soft_targets(labels, kinds, k, m, args.bg_share_cam)
-        patches = patch_targets(masks, kinds, k, m, model.visual.patch_size[0])
-        loss = -(target * (logits * (args.cam_scale / LOGIT_SCALE)).log_softmax(-1)).sum(-1).mean()
-        if dense_weight > 0:
-            loss = loss + dense_weight * dense_loss(dense, patches, args.cam_scale)
-        if cam_weight > 0:
-            loss = loss + cam_weight * gradcam_loss(logits, act, labels, patches, k, m)
-        return loss
-
-    # Phase 4, patch semantics: the projected patch tokens of the second-to-last block are classified
-    # against the prompts (patch-level targets), so that the blocks the WeCLIP decoder reads carry the class of
-    # every object patch, as a real CLIP's deep blocks do.
-    if args.semantic_steps > 0:
-        sem_opt = torch.optim.AdamW(
-            [p_ for p_ in model.parameters() if p_.requires_grad],
-            lr=args.semantic_lr,
-            weight_decay=0.0,
-        )
-        for step in tqdm(range(args.semantic_steps), desc="4/5 patch semantics", mininterval=10):
-            for group in sem_opt.param_groups:
-                group["lr"] = lr_at(step, args.semantic_steps, args.semantic_lr)
-            loss = fine_tune_loss(
-                args.seed + SEMANTIC_SEED_OFFSET, step, args.batch_size, args.semantic_weight, 0.0
-            )
-            sem_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            sem_opt.step()
-            if (step + 1) % args.eval_every == 0 or step + 1 == args.semantic_steps:
-                report("semantic", done + step + 1, float(loss))
-        done += args.semantic_steps
-    # Phase 5, Grad-CAM localisation: the Grad-CAM WeCLIP computes (last block's LN1 output, softmax over
-    # [present fg; bg] prompts at scale 100, spatial-mean gradient weights, spec §3) is trained, by double
-    # backpropagation, to be positive on the present object's patches and not elsewhere.
+    # Phase 4, Grad-CAM localisation and patch semantics: the Grad-CAM WeCLIP computes (last block's LN1
+    # output, softmax over [present fg; bg] prompts at scale 100, spatial-mean gradient weights, spec §3) is
+    # trained, by double backpropagation, to be positive on the present object's patches and not
+    # elsewhere; the patch loss makes the decoder's deepest input block name the shape of each patch.
     if args.cam_steps > 0:
         cam_opt = torch.optim.AdamW(
             [p_ for p_ in model.parameters() if p_.requires_grad], lr=args.cam_lr, weight_decay=0.0
         )
-        for step in tqdm(range(args.cam_steps), desc="5/5 Grad-CAM", mininterval=10):
-            loss = fine_tune_loss(
-                args.seed + CAM_SEED_OFFSET,
-                step,
-                args.cam_batch_size,
-                args.cam_dense_weight,
-                args.cam_weight,
+        for step in tqdm(range(args.cam_steps), desc="4/4 Grad-CAM", mininterval=10):
+            images, labels, kinds, masks = make_batch(
+                args.seed + CAM_SEED_OFFSET, step, args.cam_batch_size, world, 0.0
             )
+            logits, act, dense = semantic_forward(model, to_tensor(images, mean, std), tokens)
+            target = soft_targets(labels, kinds, k, m, args.bg_share_cam)
+            patches = patch_targets(masks, kinds, k, m, model.visual.patch_size[0])
+            loss = (
+                -(target * (logits * (args.cam_scale / LOGIT_SCALE)).log_softmax(-1)).sum(-1).mean()
+            )
+            if args.cam_dense_weight > 0:
+                loss = loss + args.cam_dense_weight * dense_loss(dense, patches, args.cam_scale)
+            loss = loss + args.cam_weight * gradcam_loss(logits, act, labels, patches, k, m)
             cam_opt.zero_grad(set_to_none=True)
             loss.backward()
             cam_opt.step()
             if (step + 1) % args.eval_every == 0 or step + 1 == args.cam_steps:
-                report("grad-cam", done + step + 1, float(loss))
+                report("grad-cam", args.warm_steps + args.steps + step + 1, float(loss))
     # Final figures on the weights as stored (fp16 round trip).
     from safetensors.torch import load_file
 
