@@ -1,13 +1,14 @@
-"""Inference throughput of tools/infer.py: single-scale, MS+flip, MS+flip+CRF (spec §9).
+"""Inference throughput of tools/infer.py's pipeline: single-scale, MS+flip, MS+flip+CRF (spec §9).
 
-The real pipeline (``tools/infer.py``'s ``run_inference``: data loading, CLIP ViT-B/16 + decoder, multi-scale
-and flip merge, PNG writing, the DenseCRF worker pool) on synthetic VOC-like images (default 500x375, written
+The real pipeline (the evaluation loop ``weclip.evaluation.loop.run_on_dataset`` with the segmentation
+predictor and the evaluators of tools/infer.py: data loading, CLIP ViT-B/16 + decoder, multi-scale and flip
+merge, PNG writing, the DenseCRF worker pool) on synthetic VOC-like images (default 500x375, written
 as JPEGs to a temporary VOC-layout folder) with *random* ViT-B/16 weights: speed does not depend on the weight
 values, so no download is needed. Numbers are images per second over ``--images`` images after a warm-up
 on the first one; the CRF figure includes the start of the worker processes (amortised over long runs).
 
     python benchmarks/bench_inference.py                                  # cuda if available, 8 images
-    python benchmarks/bench_inference.py --device cpu --images 4 --workers 2
+    python benchmarks/bench_inference.py --device cpu --images 4 --crf-workers 2
     python benchmarks/bench_inference.py --json work_dirs/bench_inference.json
 
 Also printed: one DenseCRF call on one image in this process (``crf_s_per_image``), the cost a CRF worker
@@ -19,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Dict, List
@@ -28,17 +28,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from weclip.apis import init_model
+from weclip.config import load_config
+from weclip.data import build_dataset
+from weclip.evaluation.evaluators import CRFEvaluator, PNGWriter, SegmentationEvaluator
+from weclip.evaluation.loop import run_on_dataset
+from weclip.evaluation.predictors import SegmentationPredictor
+from weclip.refine.crf import crf_from_logits
+from weclip.utils.io import atomic_write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-import infer  # noqa: E402  (tools/infer.py)
-from _weclip_tools import load_model  # noqa: E402
-
-from weclip.config import load_config  # noqa: E402
-from weclip.data import build_dataset  # noqa: E402
-from weclip.refine.crf import crf_from_logits  # noqa: E402
-from weclip.utils.io import atomic_write_text  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=8, help="timed images per setting")
     parser.add_argument("--height", type=int, default=375, help="synthetic image height")
     parser.add_argument("--width", type=int, default=500, help="synthetic image width")
-    parser.add_argument("--workers", type=int, default=4, help="CRF worker processes")
+    parser.add_argument("--crf-workers", type=int, default=4, help="DenseCRF processes")
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -86,22 +85,22 @@ def write_voc_like(root: str, count: int, height: int, width: int, num_classes: 
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
-    if args.images < 1 or args.workers < 0:
-        raise SystemExit("--images must be >= 1 and --workers >= 0")
+    if args.images < 1 or args.crf_workers < 0:
+        raise SystemExit("--images must be >= 1 and --crf-workers >= 0")
     tmp = tempfile.mkdtemp(prefix="weclip_bench_")
     root = os.path.join(tmp, "data")
-    cfg = load_config(args.config, {"model.backbone.weights": "random"})
+    options = {"model.backbone.weights": "random", "data.root": root, "data.split_dir": root}
+    cfg = load_config(args.config, options)
     write_voc_like(root, args.images, args.height, args.width, int(cfg.data.num_classes))
-    cfg.data.root, cfg.data.split_dir, cfg.data.val_split = root, root, "val"
     dataset = build_dataset(cfg.data, "val", train=False)
-    model, _ = load_model(cfg, None, torch.device(args.device))
+    model = init_model(cfg, None, args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     settings = [
         ("single-scale", (1.0,), False, False),
         ("MS+flip", tuple(cfg.test.scales), bool(cfg.test.flip), False),
         (
-            f"MS+flip+CRF ({args.workers} workers)",
+            f"MS+flip+CRF ({args.crf_workers} workers)",
             tuple(cfg.test.scales),
             bool(cfg.test.flip),
             True,
@@ -117,21 +116,27 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         "resize_long": cfg.test.resize_long,
         "scales": list(cfg.test.scales),
     }
+
+    def predictor(scales, flip):
+        return SegmentationPredictor(
+            model, scales=scales, flip=flip, resize_long=cfg.test.resize_long, single_scale=True
+        )
+
     # warm-up (first-call allocations, kernels): the first image once, not timed
-    warm = infer.InferOptions(
-        out_dir=os.path.join(tmp, "warm"), scales=(1.0,), flip=False, resize_long=cfg.test.resize_long,
-        max_images=1, show_progress=False,
-    )  # fmt: skip
-    infer.run_inference(model, dataset, warm)
+    run_on_dataset(predictor((1.0,), False), dataset, [], max_images=1, progress=False)
     for label, scales, flip, crf in settings:
-        opts = infer.InferOptions(
-            out_dir=os.path.join(tmp, label.split()[0]), scales=scales, flip=flip,
-            resize_long=cfg.test.resize_long, crf=crf, crf_params=cfg.test.crf if crf else None,
-            workers=args.workers, show_progress=False,
-        )  # fmt: skip
+        final = [
+            PNGWriter(os.path.join(tmp, label.split()[0], "pred")),
+            SegmentationEvaluator(label, int(cfg.data.num_classes)),
+        ]
+        evaluators = (
+            [CRFEvaluator(cfg.test.crf, args.crf_workers, "logits", "labels", final)]
+            if crf
+            else final
+        )
         sync()
         start = time.perf_counter()
-        infer.run_inference(model, dataset, opts)
+        run_on_dataset(predictor(scales, flip), dataset, evaluators, progress=False)
         sync()
         seconds = time.perf_counter() - start
         figures[f"{label} img/s"] = args.images / seconds

@@ -1,4 +1,4 @@
-"""Time the batched pseudo-label engine against a per-image, per-class reference loop (spec §3-§5).
+"""Time the batched pseudo-label pipeline against a per-image, per-class reference loop (spec §3-§5).
 
 The reference is written here the way the authors' code runs (spec App. A): for every image and
 every present class, one last-block forward and one backward; the transition matrix at the image's
@@ -20,7 +20,8 @@ from their outputs).
 
 Prints per-stage times, process CPU time, peak memory (CPU: growth of the resident set during the
 call, sampled every millisecond; CUDA: peak allocated), the agreement, and as its last line
-``speedup: X.Xx`` (median wall time of the reference / of the batched engine).
+``speedup: X.Xx`` (median wall time of the reference / of the batched pipeline). The pipeline's stage
+times come from one extra run under ``torch.profiler`` (its ``pseudo/*`` record_function labels).
 """
 
 import argparse
@@ -40,7 +41,7 @@ from weclip.cam.gradcam import gradcam_from_activations, minmax_normalize
 from weclip.config import load_config
 from weclip.models.clip_backbone import build_backbone
 from weclip.refine.boxes import box_masks
-from weclip.refine.engine import PseudoLabelEngine
+from weclip.refine.pipeline import PseudoLabelPipeline
 from weclip.refine.propagate import resize_cams
 from weclip.refine.transition import (
     patch_attention,
@@ -125,7 +126,7 @@ def stacked_par(
     """PAR as the authors iterate it: the 48 neighbours stacked, weighted and summed.
 
     Args:
-        par (PAR): provides the affinity (the same building block as the engine) and the settings.
+        par (PAR): provides the affinity (the same building block as the pipeline) and the settings.
         image (Tensor): (1, 3, H, W).
         scores (Tensor): (1, K+1, H, W).
         gather (str): "conv" (dilated one-hot convolutions, as the authors) or "slice".
@@ -156,7 +157,7 @@ def stacked_par(
 
 def reference_loop(
     backbone,
-    engine: PseudoLabelEngine,
+    engine: PseudoLabelPipeline,
     images: torch.Tensor,
     cls_labels: torch.Tensor,
     feats: List[torch.Tensor],
@@ -315,6 +316,17 @@ def measure(
     return times, cpu_times, median_stages, peak, out
 
 
+def profiled_stages(fn: Callable[[Dict[str, float]], Dict[str, torch.Tensor]]) -> Dict[str, float]:
+    """Seconds per stage of one run of the pipeline, from its ``pseudo/*`` record_function labels."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn({})
+    return {
+        event.key[len("pseudo/") :]: event.cpu_time_total / 1e6
+        for event in prof.key_averages()
+        if event.key.startswith("pseudo/")
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -326,7 +338,7 @@ def main(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for block in backbone.clip.visual.transformer.resblocks:
             block.attn.in_proj_weight[: 2 * backbone.width] *= args.qk_scale  # W_q and W_k rows
-    engine = PseudoLabelEngine.from_config(cfg.model).to(device)
+    engine = PseudoLabelPipeline.from_config(cfg.model).to(device)
     counts = [int(c) for c in args.classes.split(",")]
     num_fg, num_bg = 20, 25
     images = synthetic_images(len(counts), args.size).to(device)
@@ -340,10 +352,12 @@ def main(args: argparse.Namespace) -> None:
     aff = torch.sigmoid(fused.transpose(1, 2) @ fused)  # A_f = σ(FᵀF), spec §4.1
     use_rfm = args.mode == "rfm"
 
+    grid = backbone.grid_size(args.size, args.size)
+
     def batched(timings: Dict[str, float]) -> Dict[str, torch.Tensor]:
         return engine(
-            backbone, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff,
-            use_rfm=use_rfm, timings=timings,
+            backbone, images, cls_labels, feats, attns, grid, text_fg, text_bg, aff=aff,
+            use_rfm=use_rfm,
         )  # fmt: skip
 
     def reference(timings: Dict[str, float]) -> Dict[str, torch.Tensor]:
@@ -364,6 +378,8 @@ def main(args: argparse.Namespace) -> None:
     results = {}
     for name, fn in (("reference", reference), ("batched", batched)):
         times, cpu_times, stages, peak, out = measure(fn, args.repeats, device)
+        if name == "batched":  # the library times its stages with torch.profiler labels
+            stages = profiled_stages(fn)
         results[name] = dict(
             times=times,
             median=statistics.median(times),

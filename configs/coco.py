@@ -3,7 +3,7 @@
 _base_ = [
     "_base_/models/weclip_vitb16.py",
     "_base_/datasets/coco14.py",
-    "_base_/schedules/poly_30k.py",
+    "_base_/schedules/adamw_poly.py",
     "_base_/default_runtime.py",
 ]
 model = dict(

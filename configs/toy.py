@@ -6,7 +6,7 @@
 _base_ = [
     "_base_/models/weclip_vitb16.py",
     "_base_/datasets/voc12.py",
-    "_base_/schedules/poly_30k.py",
+    "_base_/schedules/adamw_poly.py",
     "_base_/default_runtime.py",
 ]
 
@@ -27,7 +27,8 @@ toy = dict(
 )
 
 data = dict(
-    type="voc",  # the toy world is written in the VOC layout
+    name="toy",  # dataset name in reports
+    type="folder",  # the toy world is written in the VOC layout
     root="data/toy",  # written by tools/make_toy_data.py (git-ignored)
     split_dir="data/toy",  # train.txt, val.txt and cls_labels.txt sit next to the images
     img_dir="JPEGImages",

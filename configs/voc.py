@@ -4,6 +4,6 @@
 _base_ = [
     "_base_/models/weclip_vitb16.py",
     "_base_/datasets/voc12.py",
-    "_base_/schedules/poly_30k.py",
+    "_base_/schedules/adamw_poly.py",
     "_base_/default_runtime.py",
 ]

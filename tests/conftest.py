@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_clip import TINY_ARCH
+from helpers import TINY_ARCH
 
 from weclip.models.clip_backbone import FrozenCLIP, build_clip_model, build_tokenizer
 

@@ -14,23 +14,29 @@ from weclip.engine.checkpoint import (
     checkpoint_name,
     find_latest_checkpoint,
     load_checkpoint,
-    load_decoder_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from weclip.engine.optim import build_optimizer, build_scheduler
+from weclip.errors import CheckpointError
 from weclip.models.decoder import WeCLIPDecoder
 from weclip.utils.seed import get_rng_state, seed_everything, set_rng_state
 
 
 class _Model(torch.nn.Module):
-    """A WeCLIP-shaped holder: a frozen 'backbone' and a trainable 'decoder'."""
+    """A WeCLIP-shaped holder: a frozen 'backbone' and a trainable 'decoder' (the model interface's
+    trainable_module)."""
 
-    def __init__(self, num_classes=5):
+    def __init__(self, num_classes=5, embed_dim=8):
         super().__init__()
         self.backbone = torch.nn.Linear(3, 3).requires_grad_(False)
         self.decoder = WeCLIPDecoder(
-            in_dim=8, num_inputs=2, embed_dim=8, num_heads=2, num_layers=1, num_classes=num_classes
-        )
+            in_dim=8, num_inputs=2, embed_dim=embed_dim, num_heads=2, num_layers=1,
+            num_classes=num_classes,
+        )  # fmt: skip
+
+    def trainable_module(self):
+        return self.decoder
 
 
 def _config(**train):
@@ -55,7 +61,7 @@ def _config(**train):
 
 def _save(work_dir, model, iteration=3, cfg=None, world=1):
     cfg = cfg or _config()
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model.decoder, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, cfg.train.max_iters)
     return save_checkpoint(
         str(work_dir),
@@ -121,6 +127,11 @@ def test_latest_pointer_errors(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("iter_7.pth\n")
     with pytest.raises(FileNotFoundError, match=r"latest names iter_7.pth"):
         find_latest_checkpoint(str(tmp_path))
+    # a pointer holding garbage (not text, or not a file name) names itself and says what to do
+    for garbage in (b"\xff\xfe\x00garbage", b"../../etc/passwd", b""):
+        (tmp_path / "checkpoints" / "latest").write_bytes(garbage)
+        with pytest.raises(CheckpointError, match=r"checkpoints/latest.*delete it"):
+            find_latest_checkpoint(str(tmp_path))
     torch.save({"model": {}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="missing .*optimizer"):
         load_checkpoint(str(tmp_path / "other.pth"))
@@ -156,29 +167,41 @@ def test_architecture_mismatch_is_reported(tmp_path):
         ValueError, match=r"classifier.weight: checkpoint \(5, 8, 1, 1\) vs model \(21, 8, 1, 1\)"
     ):
         check_resume_compatible(ckpt, other, _config(), 1, "c.pth")
-    with pytest.raises(ValueError, match="class count differs"):
-        load_decoder_checkpoint(other, str(tmp_path / "checkpoints" / "iter_3.pth"))
+    with pytest.raises(ValueError, match=r"class count differs \(5 in the checkpoint, 21 in"):
+        load_weights(other, str(tmp_path / "checkpoints" / "iter_3.pth"))
+    # another width with the same class count: the class count is not blamed
+    wider = _Model(num_classes=5, embed_dim=16)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(wider, str(tmp_path / "checkpoints" / "iter_3.pth"))
+    assert "class count" not in str(err.value) and "another architecture" in str(err.value)
 
 
-def test_load_decoder_checkpoint_for_inference(tmp_path):
+def test_load_weights_for_inference(tmp_path):
     torch.manual_seed(0)
     trained = _Model()
     path = _save(tmp_path, trained, iteration=5)
     torch.manual_seed(1)
     fresh = _Model()
-    info = load_decoder_checkpoint(fresh, path)
+    info = load_weights(fresh, path)
     assert info["iteration"] == 5 and info["config"]["train"]["max_iters"] == 10
     for key, value in trained.decoder.state_dict().items():
         assert torch.equal(value, fresh.decoder.state_dict()[key])
     # a bare decoder state dict is accepted as well
     torch.save(trained.decoder.state_dict(), tmp_path / "bare.pth")
-    assert load_decoder_checkpoint(_Model(), str(tmp_path / "bare.pth"))["iteration"] is None
-    # a whole-model state dict with CLIP keys is refused with a hint
+    assert load_weights(_Model(), str(tmp_path / "bare.pth"))["iteration"] is None
+    # a whole-model state dict of the authors' layout needs the model's load_official_state
     torch.save(
         {"encoder.visual.proj": torch.zeros(2), **trained.decoder.state_dict()},
         tmp_path / "whole.pth",
     )
-    with pytest.raises(ValueError, match="CLIP/whole-model keys"):
-        load_decoder_checkpoint(_Model(), str(tmp_path / "whole.pth"))
+    with pytest.raises(CheckpointError, match="authors' code"):
+        load_weights(_Model(), str(tmp_path / "whole.pth"))
+    # our names with CLIP keys mixed in: refused with a hint
+    torch.save({"backbone.x": torch.zeros(2), **trained.decoder.state_dict()}, tmp_path / "mix.pth")
+    with pytest.raises(CheckpointError, match="CLIP/whole-model keys"):
+        load_weights(_Model(), str(tmp_path / "mix.pth"))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_decoder_checkpoint(_Model(), str(tmp_path / "nope.pth"))
+        load_weights(_Model(), str(tmp_path / "nope.pth"))
+    (tmp_path / "trunc.pth").write_bytes(open(path, "rb").read()[:200])
+    with pytest.raises(CheckpointError, match="trunc.pth"):
+        load_weights(_Model(), str(tmp_path / "trunc.pth"))

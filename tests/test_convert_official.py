@@ -1,40 +1,24 @@
-"""tools/convert_official_checkpoint.py: an authors' whole-model checkpoint -> our decoder checkpoint.
+"""Loading the authors' whole-model checkpoints (``load_weights`` through ``WeCLIP.load_official_state``) and
+tools/convert_official_checkpoint.py.
 
 The "official" checkpoints here are synthetic: decoder tensors under the authors' names (from a seeded
-decoder of ours, or the authors' recorded initial weights ``decoder_init.*`` when the fixture is there)
-plus fake ``encoder.*`` CLIP entries (with ``positional_embedding_new``) and ``par.kernel``, the layout
-the authors' ``torch.save(model.state_dict())`` produces (spec §12.11).
+decoder of ours) plus fake ``encoder.*`` CLIP entries (with ``positional_embedding_new``) and ``par.kernel``,
+the layout the authors' ``torch.save(model.state_dict())`` produces (spec §12.11). The model is the tiny
+config's; the real-size decoder is checked against the authors' recorded logits in tests/parity.
 """
 
-import importlib.util
-import os
-import subprocess
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import run_tool, write_config
 
-from weclip.engine.checkpoint import load_decoder_checkpoint
+from weclip.apis import init_model
+from weclip.engine.checkpoint import load_weights
+from weclip.errors import UserInputError
 from weclip.models.decoder import WeCLIPDecoder
 from weclip.models.official_names import to_official_decoder_state
-
-REPO = Path(__file__).resolve().parents[1]
-TOOL = REPO / "tools" / "convert_official_checkpoint.py"
-FIXTURE = Path(os.environ.get("WECLIP_FIXTURES", REPO.parent / "shared" / "fixtures"))
-FIXTURE = FIXTURE / "official_step_static.npz"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_official_checkpoint", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 
 
 def _fake_clip_entries() -> "OrderedDict[str, torch.Tensor]":
@@ -59,127 +43,93 @@ def _official_checkpoint(decoder_official: "OrderedDict[str, torch.Tensor]", pat
     return path
 
 
-@pytest.fixture
-def seeded_decoder() -> WeCLIPDecoder:
-    torch.manual_seed(0)
-    return WeCLIPDecoder(num_classes=21)
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> str:
+    """The tiny config (CLIP width 64, 3 blocks -> a decoder of 2 inputs, width 16, 5 classes)."""
+    base = tmp_path_factory.mktemp("convert")
+    return write_config(str(base), str(base / "no_data"))
 
 
-def test_converts_and_loads_back(seeded_decoder, tmp_path):
+def _decoder(num_classes: int = 5, seed: int = 0) -> WeCLIPDecoder:
+    torch.manual_seed(
+        seed
+    )  # the tiny config's decoder (model.decoder, 2 CLIP block outputs of width 64)
+    return WeCLIPDecoder(
+        in_dim=64, num_inputs=2, embed_dim=16, num_heads=2, num_layers=1, num_classes=num_classes
+    )
+
+
+def test_authors_checkpoint_loads_directly(config, tmp_path):
+    seeded = _decoder()
     official = _official_checkpoint(
-        to_official_decoder_state(seeded_decoder.state_dict()), tmp_path / "iter_30000.pth"
+        to_official_decoder_state(seeded.state_dict()), tmp_path / "iter_30000.pth"
+    )
+    model = init_model(config, str(official), "cpu")
+    for key, value in seeded.state_dict().items():
+        assert torch.equal(model.decoder.state_dict()[key], value), key
+    assert model.checkpoint_info["iteration"] is None
+
+
+def test_converts_and_loads_back(config, tmp_path):
+    seeded = _decoder()
+    official = _official_checkpoint(
+        to_official_decoder_state(seeded.state_dict()), tmp_path / "iter_30000.pth"
     )
     out = tmp_path / "converted" / "voc_30000.pth"
-    assert tool.main([str(official), str(out)]) == 0
+    proc = run_tool("convert_official_checkpoint", [config, str(official), str(out)])
+    # 2 fusion MLPs x (2 weights + 2 biases) + fuse conv 2 + 1 layer x 12 (in/out proj, 2 norms, 2 fc) + 2
+    assert f"wrote {out}: 24 tensors, 5 classes, iteration 30000" in proc.stdout
     saved = torch.load(out, map_location="cpu", weights_only=False)
     assert set(saved) == {"model", "config", "iteration", "meta"}
     assert saved["iteration"] == 30000  # from the file name
-    assert saved["config"]["data"]["num_classes"] == 21
-    assert saved["meta"]["ignored_keys"] == 6  # 5 encoder.* + par.kernel
+    assert saved["config"]["data"]["num_classes"] == 5
+    assert saved["config"]["model"]["backbone"]["weights"] == "random"  # the config's, unchanged
     assert not any(k.startswith(("encoder.", "par.", "decoder")) for k in saved["model"])
-
-    # our inference loader takes it like a training checkpoint's decoder
-    fresh = WeCLIPDecoder(num_classes=21)
-    info = load_decoder_checkpoint(fresh, str(out))
-    assert info["iteration"] == 30000
-    for key, value in seeded_decoder.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
+    # our loader takes it like a training checkpoint's decoder
+    model = init_model(config, None, "cpu")
+    assert load_weights(model, str(out))["iteration"] == 30000
+    for key, value in seeded.state_dict().items():
+        assert torch.equal(model.decoder.state_dict()[key], value), key
     assert not list(tmp_path.joinpath("converted").glob("*.tmp*"))  # atomic write left no temp file
 
 
-def test_iteration_option_and_unnumbered_name(seeded_decoder, tmp_path):
-    official = _official_checkpoint(
-        to_official_decoder_state(seeded_decoder.state_dict()), tmp_path / "best.pth"
+def test_bad_inputs_are_named(config, tmp_path):
+    def fails(official, match):
+        with pytest.raises(UserInputError, match=match):
+            init_model(config, str(official), "cpu")
+
+    # a COCO-sized classifier (81 classes) for the 5-class config
+    state = to_official_decoder_state(_decoder(num_classes=81).state_dict())
+    fails(
+        _official_checkpoint(state, tmp_path / "coco.pth"),
+        r"decoder.linear_pred.weight.*\(81, 16, 1, 1\)",
     )
-    out = tmp_path / "a.pth"
-    assert tool.convert(str(official), str(out))["iteration"] is None
-    assert tool.convert(str(official), str(out), iteration=28000)["iteration"] == 28000
-
-
-def test_class_count_mismatch_is_named(tmp_path, capsys):
-    # a COCO checkpoint (81 classes) converted with the VOC config (21)
-    coco = WeCLIPDecoder(num_classes=81)
-    official = _official_checkpoint(
-        to_official_decoder_state(coco.state_dict()), tmp_path / "coco.pth"
-    )
-    assert tool.main([str(official), str(tmp_path / "out.pth")]) == 1
-    err = capsys.readouterr().err
-    assert (
-        "decoder.linear_pred.weight" in err
-        and "(81, 256, 1, 1)" in err
-        and "configs/coco.py" in err
-    )
-    assert not (tmp_path / "out.pth").exists()
-    # with the class count overridden it converts
-    out = tmp_path / "coco_out.pth"
-    assert tool.main([str(official), str(out), "--cfg-options", "data.num_classes=81"]) == 0
-    assert torch.load(out, weights_only=False)["model"]["classifier.weight"].shape == (
-        81,
-        256,
-        1,
-        1,
-    )
-
-
-def test_bad_inputs_are_named(seeded_decoder, tmp_path, capsys):
-    missing = tmp_path / "nope.pth"
-    assert tool.main([str(missing), str(tmp_path / "o.pth")]) == 1
-    assert f"Official checkpoint not found: {missing}" in capsys.readouterr().err
-
+    fails(tmp_path / "nope.pth", "checkpoint not found: .*nope.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    assert tool.main([str(garbage), str(tmp_path / "o.pth")]) == 1
-    assert f"Cannot read {garbage}" in capsys.readouterr().err
-
-    state = to_official_decoder_state(seeded_decoder.state_dict())
+    fails(garbage, "cannot read checkpoint .*garbage.pth")
+    state = to_official_decoder_state(_decoder().state_dict())
     state["decoder.extra_head.weight"] = torch.zeros(1)
-    odd = _official_checkpoint(state, tmp_path / "odd.pth")
-    assert tool.main([str(odd), str(tmp_path / "o.pth")]) == 1
-    assert "decoder.extra_head.weight" in capsys.readouterr().err
-
-    state = to_official_decoder_state(seeded_decoder.state_dict())
+    fails(_official_checkpoint(state, tmp_path / "odd.pth"), "odd.pth.*decoder.extra_head.weight")
+    state = to_official_decoder_state(_decoder().state_dict())
     del state["decoder_fts_fuse.linear_fuse.bias"]
-    partial = _official_checkpoint(state, tmp_path / "partial.pth")
-    assert tool.main([str(partial), str(tmp_path / "o.pth")]) == 1
-    assert "decoder_fts_fuse.linear_fuse.bias" in capsys.readouterr().err
+    fails(
+        _official_checkpoint(state, tmp_path / "partial.pth"), "decoder_fts_fuse.linear_fuse.bias"
+    )
+
+
+def test_command_line_errors(config, tmp_path):
+    state = to_official_decoder_state(_decoder().state_dict())
+    official = _official_checkpoint(state, tmp_path / "iter_5.pth")
+    for args, message in (
+        ([str(official), str(official)], "refusing to overwrite"),
+        (
+            [str(tmp_path / "ours.pth"), str(tmp_path / "o.pth")],
+            "not a checkpoint of the authors' code",
+        ),
+    ):
+        torch.save(_decoder().state_dict(), tmp_path / "ours.pth")
+        proc = run_tool("convert_official_checkpoint", [config, *args], check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "error: " in proc.stderr and message in proc.stderr
     assert not (tmp_path / "o.pth").exists()
-
-    with pytest.raises(ValueError, match="overwrite"):
-        tool.convert(str(partial), str(partial))
-
-
-@pytest.mark.skipif(not FIXTURE.is_file(), reason=f"authors' fixture not found at {FIXTURE}")
-def test_authors_initial_weights_reproduce_recorded_logits(tmp_path):
-    # decoder_init.* are the authors' own parameter names and values (5,985,045 values)
-    with np.load(FIXTURE) as data:
-        decoder_init = OrderedDict(
-            (k[len("decoder_init.") :], torch.from_numpy(data[k]))
-            for k in data.files
-            if k.startswith("decoder_init.")
-        )
-        fused, logits = torch.from_numpy(data["fused_F"]), torch.from_numpy(data["seg_logits"])
-    official = _official_checkpoint(decoder_init, tmp_path / "official_init.pth")
-    out = tmp_path / "ours.pth"
-    assert tool.main([str(official), str(out), "--config", str(REPO / "configs" / "voc.py")]) == 0
-    decoder = WeCLIPDecoder(num_classes=21).eval()
-    load_decoder_checkpoint(decoder, str(out))
-    with torch.no_grad():
-        diff = float((decoder.decode(fused) - logits).abs().max())
-    print(f"[parity] seg_logits through the converted checkpoint: max diff {diff:.3e}")
-    assert diff <= 1e-4  # measured ~1.1e-6 (tests/parity/test_decoder_losses.py)
-
-
-def test_command_line(seeded_decoder, tmp_path):
-    official = _official_checkpoint(
-        to_official_decoder_state(seeded_decoder.state_dict()), tmp_path / "iter_2000.pth"
-    )
-    out = tmp_path / "out.pth"
-    proc = subprocess.run(
-        [sys.executable, str(TOOL), str(official), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # the default config is found relative to the tool, not the working directory
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out}: 84 decoder tensors, 21 classes, iteration 2000" in proc.stdout

@@ -101,7 +101,7 @@ def test_bad_inputs(crf_cfg):
         dense_crf(np.zeros((4, 5, 3), np.float32), probs, crf_cfg)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         dense_crf(np.zeros((4, 6, 3), np.uint8), probs, crf_cfg)
-    with pytest.raises(KeyError, match="missing keys \\['prob_clip'\\]"):
+    with pytest.raises(KeyError, match="lack \\['prob_clip'\\]"):
         dense_crf(
             np.zeros((4, 5, 3), np.uint8),
             probs,

@@ -10,7 +10,7 @@ from PIL import Image
 from weclip.config import load_config
 from weclip.data import COCODataset, build_dataset, build_train_loader
 from weclip.data.images import read_rgb
-from weclip.data.transforms import normalize
+from weclip.errors import ConfigError
 
 # VOC-style palette: index i -> a colour different from (i, i, i), so reading RGB instead of the
 # palette index would be caught
@@ -61,17 +61,17 @@ def test_train_item_contract_and_labels_from_label_file(voc):
     item = ds[(0, 1234)]
     assert set(item) == {"image", "cls_labels", "name", "valid"}
     assert item["name"] == "img_a"
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert (
+        item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
+    )  # the model normalises
     assert item["valid"].shape == (32, 32) and item["valid"].dtype == torch.bool
     assert item["cls_labels"].shape == (20,) and item["cls_labels"].dtype == torch.float32
     # "img_a 0 14": multi-hot at 0 and 14 only, although the mask holds class 3 (fg id 2)
     assert item["cls_labels"].nonzero().flatten().tolist() == [0, 14]
-    # padding (valid False) is black before normalisation -> -mean/std after it
-    mean = torch.tensor(voc["cfg"].norm_constants.imagenet.mean)
-    std = torch.tensor(voc["cfg"].norm_constants.imagenet.std)
+    # padding (valid False) is black, as the authors pad the 0-255 image (the model normalises it to
+    # -mean/std, tests/test_weclip_model.py)
     assert item["valid"].sum() == 20 * 15
-    pad = item["image"][:, ~item["valid"]]
-    torch.testing.assert_close(pad, (-mean / std)[:, None].expand_as(pad))
+    assert int(item["image"][:, ~item["valid"]].abs().max()) == 0
 
 
 def test_train_item_is_a_pure_function_of_the_key(voc):
@@ -84,7 +84,7 @@ def test_train_item_is_a_pure_function_of_the_key(voc):
         ds[1]  # no seed: never falls back to global RNG state
 
 
-def test_eval_item_is_the_full_normalised_image_and_mask(voc):
+def test_eval_item_is_the_full_uint8_image_and_mask(voc):
     ds = build_dataset(voc["cfg"], "val", train=False)
     item = ds[0]
     assert set(item) == {"image", "mask", "name"}
@@ -93,9 +93,7 @@ def test_eval_item_is_the_full_normalised_image_and_mask(voc):
     assert item["mask"].dtype == torch.int64
     np.testing.assert_array_equal(item["mask"].numpy(), voc["masks"]["img_c"])  # indices, with 255
     raw = read_rgb(voc["root"] / "JPEGImages" / "img_c.jpg")
-    mean, std = voc["cfg"].norm_constants.imagenet.mean, voc["cfg"].norm_constants.imagenet.std
-    expected = normalize(raw, mean, std).transpose(2, 0, 1)
-    np.testing.assert_allclose(item["image"].numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(item["image"].numpy(), raw.transpose(2, 0, 1))
     labelled = build_dataset(voc["cfg"], "val", train=False, with_labels=True)[0]
     assert labelled["cls_labels"].nonzero().flatten().tolist() == [5]
 
@@ -104,16 +102,6 @@ def test_test_split_has_no_mask(voc):
     os.remove(voc["root"] / "SegmentationClassAug" / "img_c.png")  # VOC test has no masks
     item = build_dataset(voc["cfg"], "test", train=False)[0]
     assert set(item) == {"image", "name"}
-
-
-def test_clip_normalisation_option(voc):
-    voc["cfg"].normalize = "clip"
-    item = build_dataset(voc["cfg"], "val", train=False)[0]
-    raw = read_rgb(voc["root"] / "JPEGImages" / "img_c.jpg").astype(np.float32)
-    # CLIP constants ×255: R mean 0.48145466·255 = 122.7709, std 0.26862954·255 = 68.5005
-    np.testing.assert_allclose(
-        item["image"][0].numpy(), (raw[:, :, 0] - 122.7709383) / 68.5005327, atol=1e-5
-    )
 
 
 def test_png_images_through_config_keys(voc):
@@ -233,10 +221,11 @@ def test_bad_masks_are_named(voc):
         ds[0]
 
 
-def test_unknown_dataset_type(voc):
-    voc["cfg"].type = "cityscapes"
-    with pytest.raises(ValueError, match="data.type='cityscapes' is unknown"):
-        build_dataset(voc["cfg"], "train", train=True)
+def test_unknown_dataset_type_is_a_config_error():
+    with pytest.raises(
+        ConfigError, match=r"'data.type' = 'cityscapes': expected one of 'folder', 'coco'"
+    ):
+        load_config("configs/voc.py", {"data.type": "cityscapes"})
 
 
 # ---------------------------------------------------------------------------- COCO layout

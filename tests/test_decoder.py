@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from weclip.config import load_config
-from weclip.models.decoder import QuickGELU, SelfAttention, WeCLIPDecoder, build_decoder
+from weclip.errors import ConfigError
+from weclip.models.decoder import QuickGELU, SelfAttention, WeCLIPDecoder
 from weclip.models.official_names import (
     load_official_decoder_state,
     official_to_ours,
@@ -43,14 +44,16 @@ def test_parameter_counts_match_the_authors():
     assert count(coco) == 6_000_465  # classifier 256*81 + 81 = 20,817
 
 
-def test_build_decoder_from_the_voc_config():
+def test_decoder_from_the_voc_config():
     cfg = load_config("configs/voc.py")
-    decoder = build_decoder(cfg.model.decoder, cfg.data.num_classes, in_dim=768, num_inputs=11)
+    decoder = WeCLIPDecoder(
+        in_dim=768, num_inputs=11, num_classes=cfg.data.num_classes, **cfg.model.decoder
+    )
     assert count(decoder) == 5_985_045
     assert decoder.dropout.p == 0.1 and len(decoder.blocks) == 3
     assert decoder.blocks[0].attn.num_heads == 8 and decoder.blocks[0].norm1.eps == 1e-5
-    with pytest.raises(KeyError, match="heads"):
-        build_decoder({"heads": 8}, 21, 768, 11)
+    with pytest.raises(ConfigError, match="unknown config key 'model.decoder.heads'"):
+        load_config("configs/voc.py", {"model.decoder": {"heads": 8}})
 
 
 def test_shapes_on_a_non_square_grid():

@@ -5,6 +5,7 @@ the trainer, inference, CRF, the metrics — shows up as a number below its floo
 with exactly these settings on this repository's CI machine (2 cores) and leave a margin for run-to-run
 noise across CPU builds (training is deterministic on one machine).
 """
+
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ def test_demo_learns_on_the_toy_world(tmp_path):
         str(work_dir),
         "--max-images",
         "100",
-        "--workers",
+        "--crf-workers",
         "0",
         "--cfg-options",
         "train.max_iters=300",

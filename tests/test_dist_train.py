@@ -1,37 +1,27 @@
-"""Distributed training on CPU: weclip/utils/dist.py and tools/dist_train.sh with 2 gloo processes."""
+"""Distributed training on CPU: weclip/utils/dist.py and tools/dist_train.sh with 2 gloo processes; a user
+error under torchrun is one line, printed once, with exit code 2."""
 
 import glob
 import os
 import shutil
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch
-from train_helpers import (
-    REPO,
-    VENV_BIN,
-    make_toy_root,
-    single_thread,
-    tiny_config,
-    tiny_config_text,
-)
+from helpers import REPO, make_toy_root, single_thread, tiny_config, write_config
 
 from weclip.engine.checkpoint import load_checkpoint
 from weclip.engine.trainer import Trainer
+from weclip.errors import UserInputError
 from weclip.utils import dist as dist_utils
 from weclip.utils.dist import DistInfo, init_distributed
 
 
 def test_helpers_answer_as_a_single_process():
-    assert not dist_utils.is_dist_initialized()
-    assert dist_utils.get_rank() == 0 and dist_utils.get_world_size() == 1
-    assert dist_utils.get_local_rank() == 0 and dist_utils.is_main_process()
-    assert dist_utils.all_gather_object({"a": 1}) == [{"a": 1}]
-    assert dist_utils.broadcast_object(5) == 5
     t = torch.ones(2)
-    assert dist_utils.all_reduce_sum(t) is t and t.tolist() == [1.0, 1.0]
-    dist_utils.barrier()  # no-ops
+    assert dist_utils.all_reduce_sum(t) is t and t.tolist() == [1.0, 1.0]  # no-op
     dist_utils.cleanup()
     info = init_distributed("none", "cpu")
     assert (info.rank, info.world_size, info.device.type, info.distributed) == (0, 1, "cpu", False)
@@ -40,9 +30,9 @@ def test_helpers_answer_as_a_single_process():
 def test_pytorch_launcher_needs_torchrun_environment(monkeypatch):
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(RuntimeError, match="torchrun environment variables"):
+    with pytest.raises(UserInputError, match="torchrun environment variables"):
         init_distributed("pytorch", "cpu")
-    with pytest.raises(ValueError, match="launcher"):
+    with pytest.raises(UserInputError, match="launcher"):
         init_distributed("slurm", "cpu")
 
 
@@ -50,7 +40,7 @@ def test_total_batch_must_split_over_ranks(tmp_path):
     # 2 images over 3 ranks: refused before anything is built (train.batch_size is the TOTAL batch)
     cfg = tiny_config(str(tmp_path), str(tmp_path / "no_data"), batch_size=2)
     fake = DistInfo(rank=0, local_rank=0, world_size=3, device=torch.device("cpu"), backend="gloo")
-    with pytest.raises(ValueError, match="train.batch_size=2 is the TOTAL batch"):
+    with pytest.raises(UserInputError, match="'train.batch_size' = 2 is the TOTAL batch"):
         Trainer(cfg, str(tmp_path / "work"), fake)
 
 
@@ -61,12 +51,7 @@ def _free_port() -> int:
 
 
 def _dist_train(config: str, work_dir: str, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.update(
-        PATH=VENV_BIN + os.pathsep + env.get("PATH", ""),
-        PORT=str(_free_port()),
-        OMP_NUM_THREADS="1",
-    )
+    env = dict(os.environ, PORT=str(_free_port()), OMP_NUM_THREADS="1", PYTHON=sys.executable)
     cmd = [
         "bash",
         os.path.join(REPO, "tools", "dist_train.sh"),
@@ -84,29 +69,25 @@ def _dist_train(config: str, work_dir: str, *extra: str) -> subprocess.Completed
 @pytest.mark.slow
 def test_two_cpu_processes_stay_in_sync_and_resume(tmp_path):
     root = make_toy_root(str(tmp_path))
-    config = tmp_path / "tiny.py"
     # total batch 4 -> 2 images per rank; check_sync compares the decoder weights of both ranks every step
-    config.write_text(
-        tiny_config_text(
-            root,
-            max_iters=6,
-            batch_size=4,
-            ckpt_interval=3,
-            eval_interval=3,
-            eval_max_images=3,
-            vis_interval=3,
-            log_interval=2,
-            check_sync=True,
-        )
+    config = write_config(
+        str(tmp_path),
+        root,
+        max_iters=6,
+        batch_size=4,
+        ckpt_interval=3,
+        eval_interval=3,
+        eval_max_images=3,
+        vis_interval=3,
+        log_interval=2,
+        check_sync=True,
     )
     first = _dist_train(str(config), str(tmp_path / "a"))
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
     log = open(glob.glob(str(tmp_path / "a" / "*.log"))[0]).read()
     assert "World size 2, total batch 4 -> 2 image(s) per rank" in log
     for it in (1, 2, 4, 6):
-        assert (
-            f"check_sync: the 2 ranks hold identical decoder weights after iteration {it} " in log
-        )
+        assert f"check_sync: the 2 ranks hold identical weights after iteration {it} " in log
     assert (
         "val it 3 on val (3 images)" in log
     )  # 2 + 1 images on the two ranks, matrices all-reduced
@@ -148,6 +129,19 @@ def test_two_cpu_processes_stay_in_sync_and_resume(tmp_path):
             str(tmp_path / "c" / "work"),
             init_distributed("none", "cpu"),
         )
-        with pytest.raises(ValueError, match="world size: checkpoint 2 vs now 1"):
+        with pytest.raises(UserInputError, match="world size: checkpoint 2 vs now 1"):
             trainer.resume(str(tmp_path / "a" / "checkpoints" / "iter_3.pth"))
         trainer.close()
+
+
+@pytest.mark.slow
+def test_user_error_under_torchrun_is_one_line_and_exit_2(tmp_path):
+    # batch 3 over 2 processes: every rank refuses it; rank 0 prints the one error line, the launcher one
+    # summary line, and nothing of torchrun's ChildFailedError report reaches the user
+    config = write_config(str(tmp_path), str(tmp_path / "no_data"))
+    proc = _dist_train(config, str(tmp_path / "w"), "--cfg-options", "train.batch_size=3")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'train.batch_size' = 3 is the TOTAL batch" in errors[0]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("train.py: stopped on a user error")

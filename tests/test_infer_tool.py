@@ -1,41 +1,34 @@
-"""tools/infer.py: end to end on synthetic VOC-layout data (subprocess and in-process), the metrics.json schema,
-the VOC test server layout, the free by-products, --skip-existing, multi-process sharding."""
+"""Segmentation inference: the evaluation loop with the segmentation predictor and evaluators (hand-worked
+scores, by-products, --skip-existing), and tools/infer.py end to end as a user runs it (metrics.json schema,
+PNGs, logits, the VOC test server layout, errors, sharding over 2 processes)."""
 
 import argparse
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, SIZES, make_checkpoint, make_synth_dataset, run_tool, write_config
 from PIL import Image
-from tools_helpers import (
-    PYTHON,
-    REPO,
-    SIZES,
-    import_tool,
-    make_checkpoint,
-    make_dataset,
-    run_tool,
-    write_config,
-)
 from torch import nn
 
+from weclip.apis import init_model
 from weclip.config import load_config
 from weclip.data import build_dataset, read_mask
+from weclip.evaluation.evaluators import PNGWriter, SegmentationEvaluator, load_logits
+from weclip.evaluation.loop import run_on_dataset
 from weclip.evaluation.metrics import ConfusionMatrix
-
-infer = import_tool("infer")
+from weclip.evaluation.predictors import SegmentationPredictor
+from weclip.evaluation.records import INFER_EXTRAS, setting_label
+from weclip.utils.cli import parse_scales
 
 # metrics.json keys: those of weclip.evaluation.metrics.metrics_payload, then tools/infer.py's extras
 PAYLOAD_KEYS = {
     "schema", "miou", "miou_gt_or_pred", "pixel_acc", "mean_acc", "per_class_iou", "per_class_acc",
     "per_class_gt_pixels", "num_images", "num_pixels", "num_classes", "ignore_index",
-}  # fmt: skip
-INFER_KEYS = {
-    "source", "setting", "dataset", "split", "scales", "flip", "crf", "crf_params", "resize_long",
-    "checkpoint", "iteration", "train_seed", "config", "cfg_options", "world_size",
 }  # fmt: skip
 
 
@@ -43,7 +36,7 @@ INFER_KEYS = {
 def world(tmp_path_factory):
     """Synthetic data (5 images, val/train with masks, test without), config, checkpoint."""
     base = str(tmp_path_factory.mktemp("infer"))
-    root = make_dataset(base)
+    root = make_synth_dataset(base)
     config = write_config(base, root)
     ckpt = make_checkpoint(config, os.path.join(base, "work"), iteration=2, seed=1)
     return {"base": base, "root": root, "config": config, "ckpt": ckpt}
@@ -51,11 +44,11 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crf_run(world):
-    """The subprocess run: val, MS+flip+CRF (CRF inline: a worker process would cost seconds), logits saved."""
+    """The CLI run: val, MS+flip+CRF (CRF inline: a worker process would cost seconds), logits saved."""
     out = os.path.join(world["base"], "out_crf")
     run_tool(
         "infer",
-        [world["config"], world["ckpt"], "--device", "cpu", "--crf", "--workers", "0",
+        [world["config"], world["ckpt"], "--device", "cpu", "--crf", "--crf-workers", "0",
          "--save-logits", "--out-dir", out],
     )  # fmt: skip
     return out
@@ -67,37 +60,33 @@ def _load(path):
 
 
 def test_setting_labels_and_scale_parsing():
-    assert infer.setting_label((1.0,), False, False) == "single-scale"
-    assert infer.setting_label((1.0,), True, False) == "single-scale+flip"
-    assert infer.setting_label((1.0, 0.75), True, True) == "MS(1,0.75)+flip+CRF"
-    assert infer.parse_scales("1.0,0.75") == (1.0, 0.75)
+    assert setting_label((1.0,), False, False) == "single-scale"
+    assert setting_label((1.0,), True, False) == "single-scale+flip"
+    assert setting_label((1.0, 0.75), True, True) == "MS(1,0.75)+flip+CRF"
+    assert parse_scales("1.0,0.75") == (1.0, 0.75)
     with pytest.raises(argparse.ArgumentTypeError, match="positive"):
-        infer.parse_scales("1.0,-2")
-    opts = infer.InferOptions(out_dir="x", scales=(1.0, 0.75), flip=True, resize_long=512, crf=True)
-    # requested first, then the free by-products: reference scale un-flipped, and the same logits w/o CRF
-    assert list(infer.computed_settings(opts)) == [
-        "MS(1,0.75)+flip+CRF", "single-scale", "MS(1,0.75)+flip",
-    ]  # fmt: skip
-    # a reference scale other than 1.0 gives no "single-scale" by-product
-    opts = infer.InferOptions(out_dir="x", scales=(0.75, 1.0), flip=False, resize_long=512)
-    assert list(infer.computed_settings(opts)) == ["MS(0.75,1)"]
+        parse_scales("1.0,-2")
 
 
-def test_subprocess_run_writes_pngs_logits_and_exact_schema(world, crf_run):
+def test_cli_run_writes_pngs_logits_and_exact_schema(world, crf_run):
     payload = _load(os.path.join(crf_run, "metrics.json"))
-    assert set(payload) == PAYLOAD_KEYS | INFER_KEYS
-    assert tuple(k for k in payload if k in INFER_KEYS) == infer.METRIC_EXTRAS
+    assert set(payload) == PAYLOAD_KEYS | set(INFER_EXTRAS)
+    assert tuple(k for k in payload if k in INFER_EXTRAS) == INFER_EXTRAS
     assert payload["setting"] == "MS(1,0.75)+flip+CRF" and payload["crf"] is True
-    assert payload["scales"] == [1.0, 0.75] and payload["flip"] is True
+    assert (
+        payload["scales"] == [1.0, 0.75]
+        and payload["flip"] is True
+        and payload["model"] == "WeCLIP"
+    )
     assert payload["iteration"] == 2 and payload["train_seed"] == 1 and payload["world_size"] == 1
-    assert payload["dataset"] == "synth" and payload["split"] == "val"
+    assert payload["dataset"] == "tiny" and payload["split"] == "val"
     assert set(payload["crf_params"]) == {
         "iter_max", "pos_xy_std", "pos_w", "bi_xy_std", "bi_rgb_std", "bi_w", "prob_clip",
     }  # fmt: skip
     assert list(payload["per_class_iou"]) == ["background", "circle", "square", "triangle", "cross"]
     for variant in ("single_scale", "ms_1_0.75_flip"):
         extra = _load(os.path.join(crf_run, "variants", variant, "metrics.json"))
-        assert set(extra) == PAYLOAD_KEYS | INFER_KEYS and extra["crf"] is False
+        assert set(extra) == PAYLOAD_KEYS | set(INFER_EXTRAS) and extra["crf"] is False
 
     # the metrics are those of the written PNGs against the masks (recomputed here)
     cm = ConfusionMatrix(5)
@@ -118,71 +107,45 @@ def test_subprocess_run_writes_pngs_logits_and_exact_schema(world, crf_run):
 
     # compact logits: float16 at the network's resolution + the original size.
     # img_000 is 30x44: long side 44 -> 40, size (int(30*40/44), 40) = (27, 40), cropped to (24, 40): 3x5 patches
-    logits, size = infer.load_logits(os.path.join(crf_run, "logits", "img_000.npz"))
+    logits, size = load_logits(os.path.join(crf_run, "logits", "img_000.npz"))
     with np.load(os.path.join(crf_run, "logits", "img_000.npz")) as raw:
         assert raw["logits"].dtype == np.float16
     assert tuple(logits.shape) == (5, 3, 5) and size == (30, 44)
 
 
+def _run(world, scales, flip, evaluators, reuse=None, model=None):
+    cfg = load_config(world["config"])
+    model = model or init_model(cfg, world["ckpt"], "cpu")
+    predictor = SegmentationPredictor(
+        model, scales=scales, flip=flip, resize_long=cfg.test.resize_long, single_scale=True
+    )
+    dataset = build_dataset(cfg.data, "val", train=False)
+    return run_on_dataset(predictor, dataset, evaluators, reuse=reuse)
+
+
 def test_byproducts_equal_direct_runs(world, crf_run):
     # single-scale, no flip, run directly == the "single-scale" by-product of the CRF run
-    direct = infer.main(
-        [world["config"], world["ckpt"], "--device", "cpu", "--ms", "1.0", "--no-flip",
-         "--out-dir", os.path.join(world["base"], "out_ss")]
-    )  # fmt: skip
-    assert list(direct["payloads"]) == ["single-scale"]  # nothing else is free here
+    run = _run(world, (1.0,), False, [SegmentationEvaluator("ss", 5)])
     byproduct = _load(os.path.join(crf_run, "variants", "single_scale", "metrics.json"))
-    for key in ("miou", "per_class_iou", "per_class_gt_pixels", "pixel_acc"):
-        assert direct["payloads"]["single-scale"][key] == byproduct[key]
+    scores = run["results"]["ss"]["matrix"].scores()
+    assert scores["miou"] == pytest.approx(byproduct["miou"], abs=1e-12)
+    assert run["results"]["ss"]["matrix"].hist.sum(1).tolist() == list(
+        byproduct["per_class_gt_pixels"].values()
+    )
     # MS+flip without CRF, run directly == the CRF run's no-CRF by-product
-    direct = infer.main(
-        [
-            world["config"],
-            world["ckpt"],
-            "--device",
-            "cpu",
-            "--out-dir",
-            os.path.join(world["base"], "out_ms"),
-        ]
-    )
+    run = _run(world, (1.0, 0.75), True, [SegmentationEvaluator("ms", 5)])
     byproduct = _load(os.path.join(crf_run, "variants", "ms_1_0.75_flip", "metrics.json"))
-    assert direct["payloads"]["MS(1,0.75)+flip"]["per_class_iou"] == byproduct["per_class_iou"]
-
-
-def test_test_split_writes_server_layout(world):
-    out = os.path.join(world["base"], "out_test")
-    result = infer.main(
-        [
-            world["config"],
-            world["ckpt"],
-            "--device",
-            "cpu",
-            "--split",
-            "test",
-            "--ms",
-            "1.0",
-            "--out-dir",
-            out,
-        ]
-    )
-    server = os.path.join(out, "results", "VOC2012", "Segmentation", "comp6_test_cls")
-    assert sorted(os.listdir(server)) == [f"img_{i:03d}.png" for i in range(len(SIZES))]
-    for i, (h, w) in enumerate(SIZES):
-        with Image.open(os.path.join(server, f"img_{i:03d}.png")) as png:
-            assert png.mode == "P" and png.size == (w, h)
-    assert not os.path.exists(os.path.join(out, "metrics.json"))  # no masks: nothing scored
-    assert not os.path.exists(os.path.join(out, "pred")) and result["payloads"] == {}
+    assert run["results"]["ms"]["matrix"].scores()["miou"] == pytest.approx(byproduct["miou"])
 
 
 class _ConstantModel(nn.Module):
-    """Stand-in for WeCLIP: the logits favour class 2 everywhere (patch 8, 5 classes)."""
+    """A model of the interface whose logits favour class 2 everywhere (patch 8, 5 classes)."""
 
     num_classes = 5
+    patch_size = 8
 
     def __init__(self) -> None:
         super().__init__()
-        self.backbone = nn.Module()
-        self.backbone.patch_size = 8
         self.bias = nn.Parameter(torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0]))
 
     def forward(self, x):
@@ -190,11 +153,8 @@ class _ConstantModel(nn.Module):
         return {"seg_logits": self.bias.view(1, 5, 1, 1).expand(b, 5, h // 8, w // 8)}
 
 
-def test_constant_prediction_gives_the_hand_worked_scores(world, tmp_path):
-    cfg = load_config(world["config"])
-    dataset = build_dataset(cfg.data, "val", train=False)
-    opts = infer.InferOptions(out_dir=str(tmp_path), scales=(1.0, 0.75), flip=True, resize_long=40)
-    result = infer.run_inference(_ConstantModel(), dataset, opts)
+def test_constant_prediction_gives_the_hand_worked_scores(world):
+    run = _run(world, (1.0, 0.75), True, [SegmentationEvaluator("c", 5)], model=_ConstantModel())
     masks = [
         read_mask(os.path.join(world["root"], "SegmentationClassAug", f"img_{i:03d}.png"))
         for i in range(len(SIZES))
@@ -204,39 +164,57 @@ def test_constant_prediction_gives_the_hand_worked_scores(world, tmp_path):
     classes_with_gt = len({int(v) for m in masks for v in np.unique(m) if v != 255})
     # every counted pixel predicted 2: TP_2 = GT_2, Pred_2 = N -> IoU_2 = GT_2 / N, other IoUs 0;
     # mIoU = IoU_2 / (classes with GT); pixel acc = GT_2 / N
-    scores = result["matrices"]["MS(1,0.75)+flip"].scores()
+    scores = run["results"]["c"]["matrix"].scores()
     assert scores["pixel_acc"] == pytest.approx(gt2 / counted)
     assert scores["miou"] == pytest.approx(gt2 / counted / classes_with_gt)
-    assert result["num_images"] == 5 and result["skipped"] == 0
+    assert run["num_images"] == 5 and run["reused"] == 0
 
 
 def test_skip_existing_rescores_existing_pngs(world, tmp_path):
-    args = [world["config"], world["ckpt"], "--device", "cpu", "--ms", "1.0", "--max-images", "3"]
-    first = infer.main(args + ["--out-dir", str(tmp_path)])
-    png = os.path.join(str(tmp_path), "pred", "img_001.png")
+    writer = PNGWriter(str(tmp_path / "pred"))
+    first = _run(world, (1.0,), True, [writer, SegmentationEvaluator("a", 5)])
+    png = str(tmp_path / "pred" / "img_001.png")
     stamp = os.path.getmtime(png)
-    again = infer.main(args + ["--out-dir", str(tmp_path), "--skip-existing"])
-    assert again["skipped"] == 3 and again["num_images"] == 3
+    os.remove(str(tmp_path / "pred" / "img_003.png"))  # an interrupted run: one image missing
+    by = SegmentationEvaluator("single", 5, key="single_labels")
+    again = _run(world, (1.0,), True, [writer, SegmentationEvaluator("a", 5), by], writer.existing)
+    assert again["reused"] == 4 and again["num_images"] == 5
     assert os.path.getmtime(png) == stamp  # reused, not rewritten
-    label = "single-scale+flip"
-    assert again["payloads"][label]["per_class_iou"] == first["payloads"][label]["per_class_iou"]
-    assert list(again["payloads"]) == [label]  # by-products not written from reused PNGs
+    assert os.path.isfile(str(tmp_path / "pred" / "img_003.png"))  # predicted again
+    hist = first["results"]["a"]["matrix"].hist
+    assert torch.equal(again["results"]["a"]["matrix"].hist, hist)
+    assert again["results"]["single"]["missing"] == 4  # a by-product cannot be scored from PNGs
 
 
-def test_bad_checkpoint_is_named(world, tmp_path):
-    bad = tmp_path / "garbage.pth"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="garbage.pth"):
-        infer.main([world["config"], str(bad), "--device", "cpu", "--out-dir", str(tmp_path / "o")])
+def test_test_split_writes_server_layout_and_errors_are_one_line(world):
+    out = os.path.join(world["base"], "out_test")
+    run_tool(
+        "infer", [world["config"], world["ckpt"], "--device", "cpu", "--split", "test", "--ms", "1.0",
+                  "--out-dir", out],
+    )  # fmt: skip
+    server = os.path.join(out, "results", "VOC2012", "Segmentation", "comp6_test_cls")
+    assert sorted(os.listdir(server)) == [f"img_{i:03d}.png" for i in range(len(SIZES))]
+    for i, (h, w) in enumerate(SIZES):
+        with Image.open(os.path.join(server, f"img_{i:03d}.png")) as png:
+            assert png.mode == "P" and png.size == (w, h)
+    assert not os.path.exists(os.path.join(out, "metrics.json"))  # no masks: nothing scored
+    assert not os.path.exists(os.path.join(out, "pred"))
+    bad = os.path.join(world["base"], "garbage.pth")
+    with open(bad, "wb") as f:
+        f.write(b"not a checkpoint")
+    proc = run_tool("infer", [world["config"], bad, "--device", "cpu"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: cannot read checkpoint {bad}" in proc.stderr
 
 
 @pytest.mark.slow
 def test_two_process_run_shards_and_merges(world, crf_run):
     out = os.path.join(world["base"], "out_ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHON=sys.executable, PORT="29611"
+    )
     proc = subprocess.run(
-        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         os.path.join(REPO, "tools", "infer.py"), world["config"], world["ckpt"], "--launcher", "pytorch",
+        ["bash", os.path.join(REPO, "tools", "dist_test.sh"), world["config"], world["ckpt"], "2",
          "--device", "cpu", "--out-dir", out],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

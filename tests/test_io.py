@@ -1,4 +1,5 @@
 """Atomic writes: the final file appears only on success, with the usual permissions."""
+
 import os
 import stat
 

@@ -117,7 +117,18 @@ def coco(tmp_path):
             Image.fromarray(img).save(root / "JPEGImages" / split / info["file_name"])
     out = tmp_path / "lists"
     return dict(
-        root=root, out=out, args=["--coco-root", str(root), "--out-dir", str(out), "--workers", "1", "--val-images", "all"]
+        root=root,
+        out=out,
+        args=[
+            "--coco-root",
+            str(root),
+            "--out-dir",
+            str(out),
+            "--workers",
+            "1",
+            "--val-images",
+            "all",
+        ],
     )
 
 
@@ -174,7 +185,9 @@ def test_rerun_is_a_noop_and_resumes(coco):
 
 def test_workers_give_the_same_masks(coco, tmp_path):
     workers = coco["args"].index("--workers") + 1
-    args = coco["args"][:workers] + ["2"] + coco["args"][workers + 1 :]  # --workers 2: a process pool
+    args = (
+        coco["args"][:workers] + ["2"] + coco["args"][workers + 1 :]
+    )  # --workers 2: a process pool
     assert prepare_coco.main(args) == 0
     pool_masks = {
         p.name: p.read_bytes() for p in (coco["root"] / "SegmentationClass").rglob("*.png")

@@ -4,13 +4,17 @@ import pytest
 import torch
 
 from weclip.refine.par import PAR
-from weclip.refine.pseudo_label import (
-    IGNORE_INDEX,
-    background_score,
-    make_pseudo_labels,
-    pack_scores,
-    scores_to_labels,
-)
+from weclip.refine.pipeline import PseudoLabelPipeline
+from weclip.refine.pseudo_label import IGNORE_INDEX, background_score, pack_scores, scores_to_labels
+
+
+def make_pseudo_labels(
+    images, cams, batch_index, class_index, par, valid=None, ignore_padding=False
+):
+    """The pipeline's last stage (spec §5): [bg; CAMs] packed, PAR guided by the images, argmax."""
+    pipeline = PseudoLabelPipeline(par=par, ignore_padding=ignore_padding)
+    scores, keys = pack_scores(cams, batch_index, class_index, images.shape[0], pipeline.bg_power)
+    return pipeline.labels(pipeline.refine_scores(images, scores), keys, valid)
 
 
 def test_background_score_hand_worked():

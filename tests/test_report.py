@@ -1,13 +1,15 @@
-"""tools/report.py on hand-written metrics.json files: paper row, mean ± sample std over runs, duplicate
-checkpoints counted once, extra dataset columns, pseudo-label rows, README section replacement, bad files."""
+"""The report (weclip/evaluation/report.py, tools/report.py) on hand-written metrics.json files: paper rows,
+mean ± sample std over runs, duplicate checkpoints counted once, extra dataset columns, one row per model,
+pseudo-label rows, README section replacement, bad files."""
 
 import json
 import os
 
 import pytest
-from tools_helpers import import_tool
+from helpers import run_tool
 
-report = import_tool("report")
+from weclip.errors import UserInputError
+from weclip.evaluation import report
 
 
 def _write(directory, rel, **payload):
@@ -71,9 +73,9 @@ def test_segmentation_and_pseudo_tables(runs):
             "| Method | Inference | VOC val | VOC test | COCO val | toy val |",
             "|---|---|---|---|---|---|",
             "| WeCLIP, paper (CVPR 2024) | as reported | 76.4 | 77.2 | 47.1 | – |",
-            "| this repository | single-scale | – | – | 40.00 | 90.00 |",
-            "| this repository | MS(1,0.75)+flip | 72.00 ± 2.00 (n=3) | – | – | – |",
-            "| this repository | MS(1,0.75)+flip+CRF | 75.12 | – | – | – |",
+            "| WeCLIP, this repository | single-scale | – | – | 40.00 | 90.00 |",
+            "| WeCLIP, this repository | MS(1,0.75)+flip | 72.00 ± 2.00 (n=3) | – | – | – |",
+            "| WeCLIP, this repository | MS(1,0.75)+flip+CRF | 75.12 | – | – | – |",
         ]
     )
     assert expected_seg in text
@@ -106,28 +108,43 @@ def test_readme_section_is_replaced_in_place(runs, tmp_path):
         "<!-- section:reproduction -->\nOLD-CONTENT\n<!-- /section:reproduction -->\ntail\n"
     )
     out = tmp_path / "report.md"
-    written = report.main([runs, "--out", str(out), "--update-readme", str(readme)])
-    assert out.read_text() == written
+    run_tool("report", [runs, "--out", str(out), "--update-readme", str(readme)])
+    assert out.read_text() == report.build_report([runs])
     text = readme.read_text()
     assert "keep me" in text and text.endswith("<!-- /section:reproduction -->\ntail\n")
     assert "OLD-CONTENT" not in text and "72.00 ± 2.00 (n=3)" in text
     assert text.count("<!-- section:reproduction -->") == 1
-    with pytest.raises(ValueError, match="other.md: expected exactly one"):
+    with pytest.raises(UserInputError, match="other.md: expected exactly one"):
         report.replace_section("no markers", "reproduction", "x", "other.md")
+
+
+def test_models_get_their_own_rows(tmp_path):
+    d = str(tmp_path)
+    _seg(d, "a", 0.70, "VOC", "val", "single-scale", "a/iter_1.pth_1")
+    _write(
+        d, "b", source="tools/infer.py", miou=0.5, dataset="VOC", split="val", setting="single-scale",
+        model="CAMClassifier", checkpoint="b/iter_1.pth_1",
+    )  # fmt: skip
+    text = report.build_report([d])
+    assert "| CAMClassifier, this repository | single-scale | 50.00 |" in text
+    assert (
+        "| WeCLIP, this repository | single-scale | 70.00 |" in text
+    )  # files without "model": WeCLIP
 
 
 def test_bad_metrics_file_is_named(tmp_path):
     bad = tmp_path / "run" / "metrics.json"
     bad.parent.mkdir()
     bad.write_text("{not json")
-    with pytest.raises(SystemExit, match=r"run/metrics.json: not a readable JSON file"):
-        report.main([str(tmp_path)])
+    with pytest.raises(UserInputError, match=r"run/metrics.json: not a readable JSON file"):
+        report.build_report([str(tmp_path)])
     bad.write_text(
         json.dumps({"schema": "weclip.metrics/v1", "source": "tools/infer.py", "miou": 0.5})
     )
     with pytest.raises(
-        SystemExit, match=r"metrics.json: metrics file lacks \['dataset', 'split', 'setting'\]"
+        UserInputError, match=r"metrics.json: metrics file lacks \['dataset', 'split', 'setting'\]"
     ):
-        report.main([str(tmp_path)])
-    with pytest.raises(SystemExit, match="no such file or folder"):
-        report.main([str(tmp_path / "missing")])
+        report.build_report([str(tmp_path)])
+    proc = run_tool("report", [str(tmp_path / "missing")], check=False)
+    assert proc.returncode == 2 and "error: no such file or folder" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -29,7 +29,9 @@ def backbone(cfg):
 
 
 def _images(cfg, samples):
-    norm = cfg.data.norm_constants[cfg.data.normalize]  # ImageNet statistics, as WeCLIP (spec §1.2)
+    norm = cfg.model.norm_constants[
+        cfg.model.normalize
+    ]  # ImageNet statistics, as WeCLIP (spec §1.2)
     x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
     mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
     return (x - mean) / torch.tensor(norm.std).view(1, 3, 1, 1)

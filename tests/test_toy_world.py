@@ -1,18 +1,18 @@
 """The synthetic toy world (weclip/data/toy.py) and tools/make_toy_data.py."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
+from helpers import run_tool
 from PIL import Image
 
 from weclip.config import load_config
+from weclip.data.labels import read_label_file
 from weclip.data.toy import (
     TOY_CLASS_NAMES,
     ToyWorldConfig,
     generate_sample,
-    read_label_file,
     sample_rng,
     shape_mask,
     toy_dataset_complete,
@@ -33,13 +33,6 @@ def _tree_bytes(root):
     return out
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_same_seed_gives_byte_identical_files(tmp_path):
     write_toy_dataset(str(tmp_path / "a"), SMALL, seed=3, num_train=6, num_val=3)
     write_toy_dataset(str(tmp_path / "b"), SMALL, seed=3, num_train=6, num_val=3)
@@ -56,7 +49,7 @@ def test_layout_and_masks_match_labels(tmp_path):
     for split, count in (("train", 8), ("val", 4)):
         with open(os.path.join(root, f"{split}.txt")) as f:
             assert f.read().split() == names[split] and len(names[split]) == count
-    labels = read_label_file(os.path.join(root, "cls_labels.txt"))
+    labels = read_label_file(os.path.join(root, "cls_labels.txt"), SMALL.num_classes + 1)
     assert sorted(labels) == sorted(names["train"] + names["val"])
     for name, fg_ids in labels.items():
         img = Image.open(os.path.join(root, "JPEGImages", f"{name}.png"))
@@ -66,7 +59,7 @@ def test_layout_and_masks_match_labels(tmp_path):
         values = np.unique(np.asarray(mask))
         assert values.max() <= SMALL.num_classes  # 0 = bg, 1..K, no 255 in the toy world
         # labels are exactly the classes visible in the mask, 0-based and sorted
-        assert fg_ids == sorted(int(v) - 1 for v in values if v > 0)
+        assert fg_ids.tolist() == sorted(int(v) - 1 for v in values if v > 0)
         assert 1 <= len(fg_ids) <= 3
 
 
@@ -126,35 +119,29 @@ def test_bad_parameters_raise():
         sample_rng(0, "training", 0)
 
 
-def test_tool_without_arguments_writes_to_the_config_data_root(monkeypatch, tmp_path):
-    tool = _load_tool("make_toy_data")
-    seen = {}
-
-    def fake_write(root, world, seed, num_train, num_val, force):
-        seen.update(root=root, world=world, seed=seed, counts=(num_train, num_val), force=force)
-        return {"train": [], "val": []}
-
-    monkeypatch.setattr(tool, "write_toy_dataset", fake_write)
-    monkeypatch.chdir(REPO)  # the config path and data root are relative to the repository root
-    tool.main(tool.parse_args([]))
+def test_toy_config_matches_the_generator():
     cfg = load_config(os.path.join(REPO, "configs", "toy.py"))
-    assert seen["root"] == cfg.data.root == cfg.data.split_dir == "data/toy"
-    assert seen["world"] == ToyWorldConfig.from_cfg(cfg.toy) and seen["force"] is False
-    assert seen["counts"] == (cfg.toy.num_train, cfg.toy.num_val)
+    assert cfg.data.root == cfg.data.split_dir == "data/toy"  # where tools/make_toy_data.py writes
     # the toy config's data section matches what the generator writes
     assert cfg.data.img_suffix == ".png" and cfg.data.crop_size == cfg.toy.image_size
     # inference size: inside the training scale range (VOC: 512 for 320 crops) and a whole patch grid
-    assert cfg.toy.image_size <= cfg.test.resize_long <= cfg.data.scale_range[1] * cfg.toy.image_size
+    assert (
+        cfg.toy.image_size <= cfg.test.resize_long <= cfg.data.scale_range[1] * cfg.toy.image_size
+    )
     assert cfg.test.resize_long % 8 == 0
     assert tuple(cfg.data.class_names[1:]) == TOY_CLASS_NAMES[: cfg.toy.num_classes]
     assert cfg.data.num_classes == cfg.toy.num_classes + 1
-    # and the real tool writes a complete dataset (a small variant of the toy config, into a tmp dir)
+
+
+def test_tool_writes_a_complete_dataset(tmp_path):
+    # a small variant of the toy config, into a tmp dir, through the command line
     small_cfg = tmp_path / "toy_small.py"
     small_cfg.write_text(
         f"_base_ = [{os.path.join(REPO, 'configs', 'toy.py')!r}]\ntoy = dict(num_train=2, num_val=1, image_size=48)\n"
     )
-    tool = _load_tool("make_toy_data")
-    out = tool.main(tool.parse_args(["--config", str(small_cfg), "--root", str(tmp_path / "toy")]))
+    out = str(tmp_path / "toy")
+    proc = run_tool("make_toy_data", [str(small_cfg), "--root", out])
+    assert f"toy dataset in {out}: 2 train, 1 val" in proc.stdout
     assert toy_dataset_complete(
         out, ToyWorldConfig.from_cfg(load_config(str(small_cfg)).toy), 0, 2, 1
     )

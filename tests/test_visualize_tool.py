@@ -1,20 +1,20 @@
 """tools/visualize.py: panel layout (hand-worked sizes), the image panel is the original pixels, splits
-without labels or masks, name selection errors; one subprocess run."""
+without labels or masks, name selection errors."""
 
 import os
 
 import numpy as np
 import pytest
+from helpers import make_checkpoint, make_synth_dataset, run_tool, write_config
 from PIL import Image
-from tools_helpers import import_tool, make_checkpoint, make_dataset, run_tool, write_config
 
-vis = import_tool("visualize")
+from weclip.utils.visualize import stack_rows, titled
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("vis"))
-    root = make_dataset(base)
+    root = make_synth_dataset(base)
     config = write_config(base, root)
     ckpt = make_checkpoint(config, os.path.join(base, "work"))
     return {"base": base, "root": root, "config": config, "ckpt": ckpt}
@@ -36,7 +36,7 @@ def test_subprocess_grid_layout(world):
             "cpu",
             "--names",
             "img_000,img_001",
-            "--out",
+            "--out-dir",
             out,
         ],
     )
@@ -55,31 +55,37 @@ def test_subprocess_grid_layout(world):
     np.testing.assert_array_equal(row0[16:, :264], np.kron(rgb, np.ones((6, 6, 1), dtype=np.uint8)))
 
 
-def test_split_without_labels_or_masks(world, tmp_path):
+def test_split_without_labels_names_from_a_list_and_unknown_names(world, tmp_path):
     # the test split has no masks; a missing label file leaves no CAM / pseudo-label panels
-    written = vis.main(
+    run_tool(
+        "visualize",
         [world["config"], world["ckpt"], "--device", "cpu", "--split", "test", "--num", "1",
-         "--out", str(tmp_path), "--cfg-options", "data.label_file=missing.txt"]
+         "--out-dir", str(tmp_path / "a"), "--cfg-options", "data.label_file=missing.txt"],
     )  # fmt: skip
-    assert [os.path.basename(p) for p in written] == ["img_000.png", "grid.png"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["grid.png", "img_000.png"]
     # image | prediction: 2 * 264 + 4 = 532 wide
-    assert _png(written[0]).shape == (196, 532, 3)
-
-
-def test_names_from_list_file_and_unknown_names(world, tmp_path):
+    assert _png(str(tmp_path / "a" / "img_000.png")).shape == (196, 532, 3)
     names = tmp_path / "names.txt"
-    names.write_text("# chosen\nimg_002\n\nimg_004  # two classes\n")
-    written = vis.main(
+    names.write_text("\ufeff# chosen\nimg_002\r\n\nimg_004  # two classes\n")  # BOM and CRLF too
+    run_tool(
+        "visualize",
         [world["config"], world["ckpt"], "--device", "cpu", "--list", str(names), "--cams", "none",
-         "--out", str(tmp_path / "out")]
+         "--out-dir", str(tmp_path / "b")],
     )  # fmt: skip
-    assert [os.path.basename(p) for p in written] == ["img_002.png", "img_004.png", "grid.png"]
-    with pytest.raises(ValueError, match=r"not in split list .*val.txt: img_999"):
-        vis.main([world["config"], world["ckpt"], "--device", "cpu", "--names", "img_999"])
+    assert sorted(os.listdir(tmp_path / "b")) == ["grid.png", "img_002.png", "img_004.png"]
+    proc = run_tool(
+        "visualize",
+        [world["config"], world["ckpt"], "--device", "cpu", "--names", "img_999"],
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: 1 name(s) not in split list" in proc.stderr and "img_999" in proc.stderr
 
 
-def test_stack_rows_pads_white():
+def test_stack_rows_pads_white_and_titles():
     a, b = np.zeros((2, 3, 3), np.uint8), np.zeros((1, 5, 3), np.uint8)
-    grid = vis.stack_rows([a, b], gap=1)
+    grid = stack_rows([a, b], gap=1)
     assert grid.shape == (2 + 1 + 1, 5, 3)
     assert (grid[:2, 3:] == 255).all() and (grid[2] == 255).all() and (grid[3] == 0).all()
+    panel = titled(np.zeros((4, 30, 3), np.uint8), "x")
+    assert panel.shape == (16 + 4, 30, 3) and (panel[16:] == 0).all()

@@ -25,14 +25,14 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from mmengine.config import DictAction
+
+from weclip.config import load_config
+from weclip.engine.checkpoint import find_latest_checkpoint
+from weclip.utils.cli import run_main
+from weclip.utils.io import atomic_write_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from mmengine.config import DictAction  # noqa: E402
-
-from weclip.config import load_config  # noqa: E402
-from weclip.engine.checkpoint import find_latest_checkpoint  # noqa: E402
-from weclip.utils.io import atomic_write_text  # noqa: E402
 
 SUMMARY_KEYS = ("cam_miou", "pseudo_miou", "decoder_miou", "ms_flip_miou", "ms_flip_crf_miou")
 ROWS = (
@@ -46,10 +46,12 @@ ROWS = (
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/toy.py")
+    parser.add_argument(
+        "config", nargs="?", default="configs/toy.py", help="default: configs/toy.py"
+    )
     parser.add_argument("--work-dir", default="work_dirs/demo")
     parser.add_argument("--split", default="val", help="toy split to evaluate on")
-    parser.add_argument("--workers", type=int, default=2, help="CRF worker processes")
+    parser.add_argument("--crf-workers", type=int, default=2, help="DenseCRF processes")
     parser.add_argument(
         "--max-images",
         type=int,
@@ -66,6 +68,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="passed to every tool"
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     return parser.parse_args(argv)
 
 
@@ -82,7 +85,7 @@ def run(cmd: List[str], threads: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
+        raise SystemExit(f"error: demo step failed (exit {proc.returncode}): {' '.join(cmd)}")
 
 
 def read_miou(path: str) -> float:
@@ -103,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
     # 1. data (skipped when complete), where the (possibly overridden) config looks for it
     run(
-        [py, "tools/make_toy_data.py", "--config", args.config, "--root", cfg.data.root],
+        [py, "tools/make_toy_data.py", args.config, "--root", cfg.data.root],
         args.threads,
     )
 
@@ -125,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     )
     checkpoint = find_latest_checkpoint(work_dir)
     if checkpoint is None:
-        raise SystemExit(f"demo: training wrote no checkpoint under {work_dir}/checkpoints")
+        raise SystemExit(f"error: demo: training wrote no checkpoint under {work_dir}/checkpoints")
 
     # 3. pseudo-label quality: initial CAMs and WeCLIP's online pseudo-labels (labels from the label file)
     pseudo_dir = os.path.join(work_dir, "pseudo")
@@ -160,8 +163,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             "--split",
             args.split,
             "--crf",
-            "--workers",
-            str(args.workers),
+            "--crf-workers",
+            str(args.crf_workers),
             "--device",
             "cpu",
             "--out-dir",
@@ -178,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     no_crf = [p for name, p in variants.items() if name != "single_scale"]
     if "single_scale" not in variants or len(no_crf) != 1:
         raise SystemExit(
-            f"demo: unexpected inference outputs in {infer_dir}/variants: {sorted(variants)}"
+            f"error: demo: unexpected inference outputs in {infer_dir}/variants: {sorted(variants)}"
         )
 
     summary = {
@@ -212,4 +215,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,28 +1,25 @@
 """Write the synthetic toy dataset (weclip/data/toy.py) in the VOC layout.
 
     python tools/make_toy_data.py                      # -> data/toy, as configs/toy.py expects
-    python tools/make_toy_data.py --root /tmp/toy --force
+    python tools/make_toy_data.py configs/toy.py --root /tmp/toy --force
 
 With no arguments it reads ``configs/toy.py`` (``toy.*`` generator parameters, ``data.root``) and skips all work
 when the dataset there is already complete with the same parameters.
 """
 
 import argparse
-import logging
-import os
-import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from weclip.config import load_config  # noqa: E402
-from weclip.data.toy import ToyWorldConfig, write_toy_dataset  # noqa: E402
+from weclip.config import load_config
+from weclip.data.toy import ToyWorldConfig, write_toy_dataset
+from weclip.errors import ConfigError
+from weclip.utils.cli import run_main
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write the toy shapes dataset in the VOC layout.")
     parser.add_argument(
-        "--config", default="configs/toy.py", help="config holding toy.* and data.root"
+        "config", nargs="?", default="configs/toy.py", help="config holding toy.* and data.root"
     )
     parser.add_argument(
         "--root", default=None, help="output directory (default: the config's data.root)"
@@ -30,14 +27,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--force", action="store_true", help="regenerate even if the dataset is complete"
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     return parser.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> str:
+def main(argv: Optional[List[str]] = None) -> str:
     """Write the dataset; return the output directory."""
+    args = parse_args(argv)
     cfg = load_config(args.config)
     if "toy" not in cfg:
-        raise KeyError(f"{args.config}: no 'toy' section with the generator parameters")
+        raise ConfigError(f"{args.config}: no 'toy' section with the generator parameters")
     root = args.root or cfg.data.root
     world = ToyWorldConfig.from_cfg(cfg.toy)
     names = write_toy_dataset(
@@ -53,5 +52,4 @@ def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(parse_args())
+    run_main(main)

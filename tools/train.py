@@ -25,13 +25,11 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-from weclip.config import dump_config, load_config, resolve_work_dir  # noqa: E402
-from weclip.engine.trainer import run_training  # noqa: E402
-from weclip.utils.cli import add_runtime_args  # noqa: E402
-from weclip.utils.dist import cleanup, init_distributed  # noqa: E402
-from weclip.utils.logging import setup_logger  # noqa: E402
+from weclip.config import dump_config, load_config, resolve_work_dir
+from weclip.engine.trainer import run_training
+from weclip.utils.cli import add_runtime_args, run_main
+from weclip.utils.dist import cleanup, init_distributed
+from weclip.utils.logging import add_log_file
 
 logger = logging.getLogger("weclip")
 
@@ -76,14 +74,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     dist_info = init_distributed(args.launcher, args.device)
     try:
-        cfg = load_config(args.config, args.cfg_options)
+        options = dict(args.cfg_options)
         if args.seed is not None:
-            cfg.train.seed = args.seed
+            options["train.seed"] = args.seed
         if args.amp:
-            cfg.train.amp = True
+            options["train.amp"] = True
+        cfg = load_config(args.config, options)
         work_dir = resolve_work_dir(cfg, args.config, args.work_dir)
         cfg.work_dir = work_dir
-        log_file = setup_logger(work_dir, rank=dist_info.rank)
+        log_file = add_log_file(work_dir, rank=dist_info.rank)
         if dist_info.rank == 0:
             config_path = dump_config(cfg, work_dir)
             logger.info("Command: %s", " ".join(sys.argv))
@@ -94,4 +93,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -49,8 +49,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import sys
 import time
 from typing import Dict, List, Sequence, Tuple
 
@@ -60,11 +58,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from weclip.config import load_config  # noqa: E402
-from weclip.data.toy import TOY_BG_KINDS, ToyWorldConfig, generate_sample, sample_rng  # noqa: E402
-from weclip.utils.io import atomic_path  # noqa: E402
+from weclip.config import load_config
+from weclip.data.toy import TOY_BG_KINDS, ToyWorldConfig, generate_sample, sample_rng
+from weclip.utils.io import atomic_path
 
 logger = logging.getLogger("weclip")
 LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI's CLIP, the temperature WeCLIP uses (spec §1.6)
@@ -468,7 +464,7 @@ def main(args: argparse.Namespace) -> None:
             f"{args.config}: data.prompt_bg_names must name the {len(TOY_BG_KINDS)} toy backgrounds"
         )
     tokens = tokenizer(prompts)
-    norm = cfg.data.norm_constants[cfg.data.normalize]
+    norm = cfg.model.norm_constants[cfg.model.normalize]
     mean, std = list(norm.mean), list(norm.std)
 
     decay = [

@@ -6,7 +6,7 @@ the authors' WeCLIP code (spec §13.2); written here from the spec's description
     L = seg_weight * L_seg + aff_weight * L_aff     (1 and 0.1, spec §7.3; ``cfg.loss``)
 """
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +144,11 @@ def total_loss(
     seg_logits: torch.Tensor,
     aff: torch.Tensor,
     pseudo_labels: torch.Tensor,
-    loss_cfg: Mapping[str, Any],
+    *,
+    seg_weight: float,
+    aff_weight: float,
+    aff_radius: int,
+    ignore_index: int,
 ) -> Dict[str, torch.Tensor]:
     """The loss of one training step (spec §7.3, App. A): seg_weight * L_seg + aff_weight * L_aff.
 
@@ -152,25 +156,18 @@ def total_loss(
         seg_logits (torch.Tensor): BxCxhxw decoder logits.
         aff (torch.Tensor): Bxnxn A_f with n = h*w (with gradient).
         pseudo_labels (torch.Tensor): BxHxW pseudo-labels (no gradient).
-        loss_cfg (Mapping): ``cfg.loss``: ``seg_weight``, ``aff_weight``, ``aff_radius``,
-            ``ignore_index``.
+        seg_weight, aff_weight, aff_radius, ignore_index: the ``loss`` section (1, 0.1, 8, 255).
 
     Returns:
         dict: ``loss``, ``seg_loss``, ``aff_loss`` (scalars), ``aff_pos_count``,
         ``aff_neg_count`` (int64 scalars, +1 included).
     """
-    missing = [
-        k for k in ("seg_weight", "aff_weight", "aff_radius", "ignore_index") if k not in loss_cfg
-    ]
-    if missing:
-        raise KeyError(f"loss config lacks {missing}")
-    ignore_index = int(loss_cfg["ignore_index"])
     grid = (seg_logits.shape[-2], seg_logits.shape[-1])
     loss_seg = seg_loss(seg_logits, pseudo_labels, ignore_index=ignore_index)
     with torch.no_grad():
-        labels = affinity_labels(pseudo_labels, grid, int(loss_cfg["aff_radius"]), ignore_index)
+        labels = affinity_labels(pseudo_labels, grid, aff_radius, ignore_index)
     loss_aff, pos_count, neg_count = affinity_loss(aff, labels)
-    loss = float(loss_cfg["seg_weight"]) * loss_seg + float(loss_cfg["aff_weight"]) * loss_aff
+    loss = seg_weight * loss_seg + aff_weight * loss_aff
     return {
         "loss": loss,
         "seg_loss": loss_seg,

@@ -6,7 +6,7 @@ path that was tried, when they are absent.
 
 Session fixtures for the end-to-end comparisons (computed once per run): ``clip_qk4_file`` (the
 fixture's CLIP weights, regenerated into a temp dir by ``make_random_clip.py``), ``parity_cfg``
-(``configs/voc.py`` pointing at them), ``parity_model`` (``build_weclip`` + the authors' initial
+(``configs/voc.py`` pointing at them), ``parity_model`` (``build_model`` + the authors' initial
 decoder weights) and ``parity_step`` (our forward of the recorded batch with the recorded Dropout2d
 mask).
 """
@@ -104,9 +104,9 @@ def parity_model(parity_cfg, official_step_static):
     """``build_weclip(configs/voc.py)`` with the authors' initial decoder weights loaded through the
     name mapping (``decoder_init.*``); eval mode."""
     from weclip.models.official_names import load_official_decoder_state
-    from weclip.models.weclip import build_weclip
+    from weclip.models.registry import build_model
 
-    model = build_weclip(parity_cfg)
+    model = build_model(parity_cfg)
     state = {
         key[len(DECODER_PREFIX) :]: value
         for key, value in official_step_static.items()
@@ -114,6 +114,16 @@ def parity_model(parity_cfg, official_step_static):
     }
     load_official_decoder_state(model.decoder, state)
     return model.eval()
+
+
+def as_pixels(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The recorded batch (ImageNet-normalised, the authors' input) back as the 0-255 RGB values our model
+    takes: the recorded images are uint8 pixels normalised in float32, so ``x * std + mean`` is within
+    8e-6 of an integer, and the model's ``(round(.) - mean) / std`` reproduces the recorded tensor bit for
+    bit (checked here; the authors also pad the 0-255 image before normalising, spec §8 step 4)."""
+    pixels = torch.round(images * model.pixel_std[:, None, None] + model.pixel_mean[:, None, None])
+    assert torch.equal(model.preprocess(pixels), images), "normalisation does not round-trip"
+    return pixels
 
 
 class RecordedDropout2d(nn.Module):
@@ -149,9 +159,9 @@ def parity_step(parity_model, official_step_static) -> Dict[str, torch.Tensor]:
     parity_model.train()
     start = time.perf_counter()
     try:
-        out = parity_model(images, cls_labels, iteration=1)
+        out = parity_model(as_pixels(images, parity_model), cls_labels, mode="pseudo", iteration=1)
     finally:
         decoder.dropout = original
         parity_model.eval()
     print(f"[parity] our WeCLIP forward of the recorded batch: {time.perf_counter() - start:.1f} s")
-    return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}

@@ -85,7 +85,7 @@ def test_losses_end_to_end(parity_cfg, parity_step, official_step_static):
     assert on_grid == 0, f"{on_grid} differing pseudo-label pixels lie on the affinity grid"
     assert mismatch == 0
 
-    losses = total_loss(logits, aff, ours, parity_cfg.loss)
+    losses = total_loss(logits, aff, ours, **parity_cfg.loss)
     assert int(losses["aff_pos_count"]) == int(official_step_static["aff_pos_count"])
     assert int(losses["aff_neg_count"]) == int(official_step_static["aff_neg_count"])
     check_close(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from weclip.refine.boxes import threshold_cams
-from weclip.refine.pseudo_label import make_pseudo_labels, pack_scores, scores_to_labels
+from weclip.refine.pseudo_label import pack_scores, scores_to_labels
 
 MIN_AGREEMENT = 0.999
 # PAR is linear in its input with non-negative weights summing to 1 + 0.01 per pixel and iteration,
@@ -42,15 +42,11 @@ def test_img0_labels_from_recorded_refined_cams(parity_model, official_step_stat
     images = torch.as_tensor(official_step_static["input_images"][:1])
     cams = torch.as_tensor(official_step_static["cams_refined_img0"])
     classes = torch.as_tensor(official_step_static["label_ids_img0"])
-    engine = parity_model.engine
-    labels = make_pseudo_labels(
-        images,
-        cams,
-        torch.zeros(2, dtype=torch.long),
-        classes,
-        engine.par,
-        bg_power=engine.bg_power,
+    pipeline = parity_model.pipeline
+    scores, keys = pack_scores(
+        cams, torch.zeros(2, dtype=torch.long), classes, 1, pipeline.bg_power
     )
+    labels = pipeline.labels(pipeline.refine_scores(images, scores), keys)
     ref = torch.as_tensor(official_step_static["pseudo_label"][:1]).long()
     differ = int((labels != ref).sum())
     print(
@@ -114,12 +110,12 @@ def test_batch_pseudo_labels_from_images(parity_model, parity_step, official_ste
     # No box flip: every CAM (all 8 pairs) keeps a clear distance from its box threshold
     cams = parity_step["cams"]
     u = (cams * 255).to(torch.uint8).flatten(1).amax(1)
-    threshold = (torch.floor(parity_model.engine.box_threshold * u.double()) + 1) / 255
+    threshold = (torch.floor(parity_model.pipeline.box_threshold * u.double()) + 1) / 255
     room = float((cams.double() - threshold[:, None, None]).abs().min())
     print(f"[parity] closest CAM value to its box threshold (all pairs): {room:.2e}")
     assert room > BOX_ROOM, f"a CAM value lies {room:.1e} from its box threshold: a box may flip"
     assert torch.equal(
-        threshold_cams(cams, parity_model.engine.box_threshold),
+        threshold_cams(cams, parity_model.pipeline.box_threshold),
         cams.double() >= threshold[:, None, None],
     )
 
@@ -127,6 +123,6 @@ def test_batch_pseudo_labels_from_images(parity_model, parity_step, official_ste
     # Measured on this fixture: 3 pixels, all in image 1 (classes 4, 10, 14), margins 3e-6..9e-6.
     images = torch.as_tensor(official_step_static["input_images"])
     for line in explain_differences(
-        parity_step, images, ref, parity_model.engine.par, parity_model.engine.bg_power
+        parity_step, images, ref, parity_model.pipeline.par, parity_model.pipeline.bg_power
     ):
         print(f"[parity]   {line}")

@@ -4,7 +4,7 @@
 Each stage is fed the recorded inputs of that stage (img0): recorded CAMs -> box masks; recorded
 attention of blocks 0..11 -> transition matrix; recorded CAMs + boxes + transition matrix ->
 propagated and resized CAMs; recorded refined CAMs -> PAR input; recorded PAR input -> PAR output.
-All constants come from ``configs/voc.py`` through ``PseudoLabelEngine.from_config``. Run with
+All constants come from ``configs/voc.py`` through ``PseudoLabelPipeline.from_config``. Run with
 ``pytest -s`` to see the measured differences.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from weclip.refine.boxes import box_masks, threshold_cams
-from weclip.refine.engine import PseudoLabelEngine
+from weclip.refine.pipeline import PseudoLabelPipeline
 from weclip.refine.propagate import propagate_cams
 from weclip.refine.pseudo_label import pack_scores
 from weclip.refine.transition import patch_attention, static_affinity, transition_matrix
@@ -32,12 +32,12 @@ IMG0 = torch.zeros(2, dtype=torch.long)  # batch index of img0's two CAMs
 
 
 @pytest.fixture(scope="module")
-def engine() -> PseudoLabelEngine:
-    """The pseudo-label engine with the settings of ``configs/voc.py`` (no CLIP weights needed)."""
+def engine() -> PseudoLabelPipeline:
+    """The pseudo-label pipeline with the settings of ``configs/voc.py`` (no CLIP weights needed)."""
     from weclip.config import load_config
 
     cfg = load_config(str(REPO_ROOT / "configs" / "voc.py"))
-    return PseudoLabelEngine.from_config(cfg.model)
+    return PseudoLabelPipeline.from_config(cfg.model)
 
 
 def recorded_box_masks(data: Dict[str, np.ndarray]) -> torch.Tensor:

@@ -2,17 +2,17 @@
 
 from weclip.data.build import DATASETS, build_dataset, build_train_loader
 from weclip.data.coco import COCODataset
+from weclip.data.dataset import SegmentationDataset
 from weclip.data.images import read_mask, read_rgb
 from weclip.data.labels import read_label_file, read_split
 from weclip.data.sampler import InfiniteSampler
-from weclip.data.voc import VOCDataset
 
 __all__ = [
     "DATASETS",
     "build_dataset",
     "build_train_loader",
     "COCODataset",
-    "VOCDataset",
+    "SegmentationDataset",
     "InfiniteSampler",
     "read_rgb",
     "read_mask",

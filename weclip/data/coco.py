@@ -9,14 +9,15 @@ name::
         e.g. SegmentationClass/train/000000000009.png
 
 Masks: 0 background, 1..80 the COCO categories in ascending category-id order (spec §2), 255 ignore.
-Items are those of ``VOCDataset``.
+Items are those of ``SegmentationDataset``.
 """
 
 import os
 import re
 from typing import Tuple
 
-from weclip.data.voc import VOCDataset
+from weclip.data.dataset import SegmentationDataset
+from weclip.errors import DataError
 
 __all__ = ["COCODataset", "parse_coco_name"]
 
@@ -27,16 +28,16 @@ def parse_coco_name(name: str) -> Tuple[str, str]:
     """``COCO_val2014_000000000042`` -> (``"val"``, ``"000000000042"``); ValueError otherwise."""
     match = _NAME.match(name)
     if match is None:
-        raise ValueError(
+        raise DataError(
             f"{name!r} is not a COCO 2014 image name (COCO_<train|val>2014_<12 digits>)"
         )
     return match.group(1), match.group(2)
 
 
-class COCODataset(VOCDataset):
+class COCODataset(SegmentationDataset):
     """COCO 2014 (81 classes) with the VOC dataset's items; only the paths differ.
 
-    Args: those of ``VOCDataset`` (``mask_dir`` is "SegmentationClass" in
+    Args: those of ``SegmentationDataset`` (``mask_dir`` is "SegmentationClass" in
     ``configs/_base_/datasets/coco14.py``).
     """
 
@@ -44,7 +45,7 @@ class COCODataset(VOCDataset):
         try:
             parse_coco_name(name)
         except ValueError as exc:
-            raise ValueError(f"{self.split_file}: {exc}") from None
+            raise DataError(f"{self.split_file}: {exc}") from None
 
     def image_path(self, name: str) -> str:
         folder, _ = parse_coco_name(name)

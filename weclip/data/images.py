@@ -17,15 +17,21 @@ pixel grid, and the VOC/COCO masks are aligned with that grid.
 Masks (``read_mask``) must be single-channel (palette ``P`` or grayscale ``L``, values = class
 indices; VOC's palette PNGs store the index, not the colour). An RGB mask is refused: it holds
 colours, not classes.
+
+Writing: :func:`save_png` is the one PNG writer of the library (images, masks, palette label maps),
+atomic like every file the library writes.
 """
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["read_rgb", "read_mask", "to_rgb_uint8", "scale_16bit_to_8bit"]
+from weclip.errors import DataError, MissingFileError
+from weclip.utils.io import atomic_path
+
+__all__ = ["read_rgb", "read_mask", "save_png", "to_rgb_uint8", "scale_16bit_to_8bit"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -69,7 +75,7 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         gray = scale_16bit_to_8bit(np.asarray(image))
         array = np.repeat(gray[:, :, None], 3, axis=2)
     elif mode == "F":
-        raise ValueError(
+        raise DataError(
             f"{path}: floating-point image (PIL mode F) has no defined 0-255 range; "
             "convert it first"
         )
@@ -77,11 +83,11 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         try:
             array = np.asarray(image.convert("RGB"))
         except (ValueError, OSError) as exc:
-            raise ValueError(f"{path}: cannot convert image mode {mode} to RGB: {exc}") from exc
+            raise DataError(f"{path}: cannot convert image mode {mode} to RGB: {exc}") from exc
     else:
-        raise ValueError(f"{path}: unsupported image mode {mode!r}")
+        raise DataError(f"{path}: unsupported image mode {mode!r}")
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(
+        raise DataError(
             f"{path}: conversion gave shape {array.shape} {array.dtype}, expected (H, W, 3) uint8"
         )
     return np.ascontiguousarray(array)
@@ -90,12 +96,12 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
 def _open_fully(path: PathLike, what: str) -> Image.Image:
     """Open and decode the whole file (PIL decodes lazily; truncation shows only on ``load``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     try:
         image = Image.open(path)
         image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ValueError(
+        raise DataError(
             f"Cannot read {what} {path}: corrupt or truncated ({type(exc).__name__}: {exc})"
         ) from exc
     return image
@@ -107,7 +113,7 @@ def _read_16bit_rgb_png(path: PathLike) -> np.ndarray:
 
     array = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if array is None or array.dtype != np.uint16 or array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"Cannot read 16-bit colour image {path} with OpenCV")
+        raise DataError(f"Cannot read 16-bit colour image {path} with OpenCV")
     rgb = array[:, :, 2::-1]  # BGR(A) -> RGB, alpha dropped
     return np.ascontiguousarray(scale_16bit_to_8bit(rgb))
 
@@ -149,10 +155,39 @@ def read_mask(path: PathLike) -> np.ndarray:
         if image.mode.startswith("I;16") or image.mode == "I":
             values = np.asarray(image)
             if values.size and (values.min() < 0 or values.max() > 255):
-                raise ValueError(f"Mask {path}: values outside 0..255 (mode {image.mode})")
+                raise DataError(f"Mask {path}: values outside 0..255 (mode {image.mode})")
             return values.astype(np.uint8)
-        raise ValueError(
+        raise DataError(
             f"Mask {path}: mode {image.mode!r} is not a single-channel index image; expected a "
             "palette (P) or grayscale (L) PNG whose pixel values are class ids (an RGB colour "
             "mask must be converted)"
         )
+
+
+def save_png(path: PathLike, array: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
+    """Write a PNG atomically: (H, W, 3) uint8 RGB, or (H, W) uint8 single-channel.
+
+    Args:
+        path (str): the ``.png`` file (folders are created).
+        array (np.ndarray): (H, W, 3) RGB or (H, W) values 0..255 (any integer dtype for 2-D maps).
+        palette (np.ndarray, optional): (N, 3) uint8 colours for a 2-D map: written as an indexed
+            (``P``) PNG whose pixel values are the map's values (VOC's label format); without it a 2-D map
+            is a grayscale (``L``) PNG.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and palette is None:
+        image = Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+    elif array.ndim == 2:
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ValueError(
+                f"{path}: values must lie in [0, 255] for a PNG, got [{array.min()}, {array.max()}]"
+            )
+        image = Image.fromarray(array.astype(np.uint8), mode="L" if palette is None else "P")
+        if palette is not None:
+            image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    else:
+        raise ValueError(
+            f"{path}: expected (H, W, 3) uint8 RGB or an (H, W) map, got {array.shape}"
+        )
+    with atomic_path(os.fspath(path)) as tmp:
+        image.save(tmp, format="PNG")

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
+from weclip.errors import DataError, MissingFileError
 from weclip.utils.io import atomic_write_text
 
 __all__ = [
@@ -45,25 +46,25 @@ def read_split(path: str) -> List[str]:
         and line named).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Split list not found: {path}")
+        raise MissingFileError(f"Split list not found: {path}")
     names: List[str] = []
     seen: Dict[str, int] = {}
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 1:
-                raise ValueError(
+                raise DataError(
                     f"{path}:{line_no}: expected one image name per line, got {line.strip()!r}"
                 )
             name = fields[0]
             if name in seen:
-                raise ValueError(f"{path}:{line_no}: name {name!r} repeats line {seen[name]}")
+                raise DataError(f"{path}:{line_no}: name {name!r} repeats line {seen[name]}")
             seen[name] = line_no
             names.append(name)
     if not names:
-        raise ValueError(f"Split list {path} is empty")
+        raise DataError(f"Split list {path} is empty")
     return names
 
 
@@ -84,15 +85,15 @@ def read_label_file(path: str, num_classes: int) -> Dict[str, np.ndarray]:
             named.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Label file not found: {path}")
+        raise MissingFileError(f"Label file not found: {path}")
     if num_classes < 2:
-        raise ValueError(
+        raise DataError(
             f"num_classes must count background plus at least one class, got {num_classes}"
         )
     num_fg = num_classes - 1
     labels: Dict[str, np.ndarray] = {}
     first_line: Dict[str, int] = {}
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
@@ -100,33 +101,33 @@ def read_label_file(path: str, num_classes: int) -> Dict[str, np.ndarray]:
             name, raw_ids = fields[0], fields[1:]
             where = f"{path}:{line_no}"
             if name in first_line:
-                raise ValueError(
+                raise DataError(
                     f"{where}: name {name!r} already labelled on line {first_line[name]}"
                 )
             if not raw_ids:
-                raise ValueError(
+                raise DataError(
                     f"{where}: {name!r} has an empty label vector (no foreground class id)"
                 )
             try:
                 ids = [int(v) for v in raw_ids]
             except ValueError:
-                raise ValueError(
+                raise DataError(
                     f"{where}: ids must be integers, got {' '.join(raw_ids)!r}"
                 ) from None
             bad = [i for i in ids if not 0 <= i < num_fg]
             if bad:
-                raise ValueError(
+                raise DataError(
                     f"{where}: foreground id {bad[0]} out of range 0..{num_fg - 1}: class-count "
                     f"mismatch, the config has num_classes={num_classes} (background + {num_fg}) "
                     f"but this label file uses id "
                     f"{bad[0]} (a label file of another dataset?)"
                 )
             if len(set(ids)) != len(ids):
-                raise ValueError(f"{where}: repeated id in {' '.join(raw_ids)!r}")
+                raise DataError(f"{where}: repeated id in {' '.join(raw_ids)!r}")
             first_line[name] = line_no
             labels[name] = np.array(sorted(ids), dtype=np.int64)
     if not labels:
-        raise ValueError(f"Label file {path} is empty")
+        raise DataError(f"Label file {path} is empty")
     return labels
 
 
@@ -160,7 +161,7 @@ def fg_ids_from_mask(
     values = np.unique(mask)
     bad = values[(values >= num_classes) & (values != ignore_index)]
     if bad.size:
-        raise ValueError(
+        raise DataError(
             f"{where}: value {int(bad[0])} is neither a class id 0..{num_classes - 1} "
             f"nor ignore ({ignore_index})"
         )
@@ -178,7 +179,7 @@ def format_label_file(labels: Mapping[str, Sequence[int]]) -> str:
     for name in sorted(labels):
         ids = sorted(int(i) for i in labels[name])
         if not ids:
-            raise ValueError(f"{name}: empty label vector; leave the image out of the label file")
+            raise DataError(f"{name}: empty label vector; leave the image out of the label file")
         lines.append(" ".join([name] + [str(i) for i in ids]) + "\n")
     return "".join(lines)
 

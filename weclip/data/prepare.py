@@ -12,15 +12,12 @@ import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from weclip.data.images import read_mask
+from weclip.data.images import read_mask, save_png
 from weclip.data.labels import fg_ids_from_mask
-from weclip.utils.io import atomic_path
 
 __all__ = [
-    "save_mask_png",
     "read_sbd_mat",
     "voc_mask_job",
     "decode_coco_segmentation",
@@ -34,14 +31,6 @@ logger = logging.getLogger("weclip")
 # (name, status, fg ids); status: "written" (new mask), "existing" (read back), "missing" (no
 # source)
 JobResult = Tuple[str, str, List[int]]
-
-
-def save_mask_png(path: str, mask: np.ndarray) -> None:
-    """Write a (H, W) uint8 class-index mask as a single-channel (mode L) PNG, atomically."""
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ValueError(f"{path}: masks are (H, W) uint8, got {mask.shape} {mask.dtype}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(mask, mode="L").save(tmp, format="PNG")
 
 
 def read_sbd_mat(path: str) -> np.ndarray:
@@ -93,7 +82,7 @@ def voc_mask_job(job: Tuple[str, str, Optional[str], Optional[str], int]) -> Job
         return name, "missing", []
     ids = fg_ids_from_mask(mask, num_classes, where=where)  # also rejects out-of-range values
     if status == "written":
-        save_mask_png(out_path, mask)
+        save_png(out_path, mask)
     return name, status, ids
 
 
@@ -194,7 +183,7 @@ def coco_mask_job(
         mask = paint_coco_mask(height, width, anns, cat_to_class)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
-    save_mask_png(out_path, mask)
+    save_png(out_path, mask)
     return name, "written", fg_ids_from_mask(mask, num_classes, where=out_path)
 
 

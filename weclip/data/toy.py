@@ -26,10 +26,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from weclip.utils.io import atomic_path, atomic_write_text
+from weclip.data.images import save_png
+from weclip.utils.io import atomic_write_text
 
 __all__ = [
     "TOY_CLASS_NAMES",
@@ -42,7 +42,6 @@ __all__ = [
     "sample_rng",
     "write_toy_dataset",
     "toy_dataset_complete",
-    "read_label_file",
     "names_for",
 ]
 
@@ -306,11 +305,6 @@ def toy_dataset_complete(
     return found == _meta(cfg, seed, num_train, num_val)
 
 
-def _save_png(path: str, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
 def write_toy_dataset(
     root: str,
     cfg: ToyWorldConfig = ToyWorldConfig(),
@@ -352,8 +346,8 @@ def write_toy_dataset(
         for i in tqdm(range(count), desc=f"toy {split}", leave=False):
             sample = generate_sample(sample_rng(seed, split, i), cfg)
             name = names[split][i]
-            _save_png(os.path.join(root, "JPEGImages", f"{name}.png"), sample.image)
-            _save_png(os.path.join(root, "SegmentationClassAug", f"{name}.png"), sample.mask)
+            save_png(os.path.join(root, "JPEGImages", f"{name}.png"), sample.image)
+            save_png(os.path.join(root, "SegmentationClassAug", f"{name}.png"), sample.mask)
             label_lines.append(" ".join([name] + [str(c) for c in sample.labels]))
         atomic_write_text(
             os.path.join(root, f"{split}.txt"), "".join(n + "\n" for n in names[split])
@@ -366,21 +360,6 @@ def write_toy_dataset(
     )
     logger.info("wrote toy dataset to %s (%d train, %d val)", root, num_train, num_val)
     return names
-
-
-def read_label_file(path: str) -> Dict[str, List[int]]:
-    """Read ``cls_labels.txt`` (``name id id ...``) into name -> 0-based foreground ids."""
-    out: Dict[str, List[int]] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                out[parts[0]] = [int(p) for p in parts[1:]]
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: bad label line {line.strip()!r}: {e}") from e
-    return out
 
 
 def names_for(split: str, count: int) -> Sequence[str]:

@@ -8,8 +8,9 @@ Pipeline on an RGB uint8 image (H, W, 3), in the authors' order (AFA's ``dataset
 3. random crop S×S: when a side is shorter than S the image is pasted at a uniformly random offset
    into a zero (black) canvas of max(S, side), then a uniformly random S×S window is taken;
    ``valid`` marks the pixels that came from the image;
-4. normalisation ((x - mean) / std on 0-255 RGB; padding therefore becomes -mean/std, as in the
-   authors' code, which pads before normalising) and HWC -> CHW float32.
+4. HWC -> CHW, still uint8. The model normalises ((x - mean) / std, its ``pixel_mean``/``pixel_std``),
+   so the zero padding becomes -mean/std there, exactly as in the authors' code, which pads the 0-255
+   image before normalising.
 
 Randomness comes only from the ``np.random.Generator`` passed in (drawn in this order: ratio, flip,
 pad offset y then x, crop offset y then x), so one seed fixes the whole augmentation. The authors
@@ -22,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-__all__ = ["random_rescale", "random_hflip", "random_pad_crop", "augment", "normalize", "to_chw"]
+__all__ = ["random_rescale", "random_hflip", "random_pad_crop", "augment", "to_chw"]
 
 
 def random_rescale(
@@ -111,13 +112,6 @@ def augment(
         image, _ = random_rescale(image, rng, scale_range)
     image, _ = random_hflip(image, rng, flip_prob)
     return random_pad_crop(image, rng, crop_size)
-
-
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(x - mean) / std per RGB channel on 0-255 values (spec §1.2); (H, W, 3) -> float32."""
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
-    return (image.astype(np.float32) - mean_arr) / std_arr
 
 
 def to_chw(image: np.ndarray) -> np.ndarray:

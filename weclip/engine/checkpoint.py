@@ -9,7 +9,8 @@ Both are written atomically (temporary file + rename, ``weclip.utils.io``): a ru
 the previous ``latest`` intact. Only rank 0 writes; the per-rank states are gathered to it first, so one file
 holds the whole run. The dictionary (``schema = "weclip.ckpt/v1"``)::
 
-    model           decoder state dict only (WeCLIPDecoder keys, e.g. "fuse.weight"; no CLIP key)
+    model           state dict of the model's trainable module (``model.trainable_module()``: WeCLIP's
+                    decoder, keys like "fuse.weight"; no CLIP key)
     optimizer       AdamW state dict
     scheduler       LambdaLR state dict
     iteration       completed training iterations (the next one to run is iteration + 1)
@@ -19,10 +20,14 @@ holds the whole run. The dictionary (``schema = "weclip.ckpt/v1"``)::
     config          the resolved config as a plain dict
     meta            {"num_classes", "time", "torch", "weclip"}
 
-Resume checks (:func:`check_resume_compatible`): the decoder keys and shapes and the class count must match
-the model being trained, and so must the config entries that change the optimisation
+Resume checks (:func:`check_resume_compatible`): the trained module's keys and shapes and the class count
+must match the model being trained, and so must the config entries that change the optimisation
 (:data:`RESUME_CONFIG_KEYS`, the world size included). Paths in :data:`RESUME_IGNORED_KEYS` may differ
 (data moved to another disk).
+
+:func:`load_weights` loads trained weights for inference from any of: a training checkpoint, a converted or
+bare state dict of the trainable module, or a checkpoint saved by the authors' code (whole-model state dict,
+through the model's ``load_official_state``).
 """
 
 import logging
@@ -35,6 +40,7 @@ from torch import nn
 
 import weclip
 from weclip.config import to_plain
+from weclip.errors import CheckpointError, MissingFileError
 from weclip.utils.io import atomic_path, atomic_write_text
 
 __all__ = [
@@ -44,16 +50,17 @@ __all__ = [
     "RESUME_CONFIG_KEYS",
     "RESUME_IGNORED_KEYS",
     "unwrap_model",
-    "decoder_of",
-    "decoder_state_dict",
+    "trainable_of",
+    "trainable_state_dict",
     "checkpoint_dir",
     "checkpoint_name",
+    "checkpoint_work_dir",
     "save_checkpoint",
     "find_latest_checkpoint",
     "load_checkpoint",
     "check_state_dict_compatible",
     "check_resume_compatible",
-    "load_decoder_checkpoint",
+    "load_weights",
 ]
 
 logger = logging.getLogger("weclip")
@@ -100,20 +107,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     )
 
 
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The trainable decoder of a (possibly wrapped) ``WeCLIP``, or ``model`` if it is a decoder itself."""
+def trainable_of(model: nn.Module) -> nn.Module:
+    """The trainable module of a (possibly wrapped) model of the library (``model.trainable_module()``)."""
     inner = unwrap_model(model)
-    decoder = getattr(inner, "decoder", None)
-    if isinstance(decoder, nn.Module):
-        return decoder
-    if hasattr(inner, "classifier") and hasattr(inner, "fusion_mlps"):  # a bare WeCLIPDecoder
-        return inner
-    raise TypeError(f"{type(inner).__name__} has no 'decoder' sub-module (expected a WeCLIP model)")
+    if not hasattr(inner, "trainable_module"):
+        raise TypeError(
+            f"{type(inner).__name__} does not follow the model interface (no trainable_module(); "
+            "see docs/architecture.md)"
+        )
+    return inner.trainable_module()
 
 
-def decoder_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The decoder's weights, detached CPU copies (keys relative to the decoder, no CLIP key)."""
-    return {k: v.detach().cpu().clone() for k, v in decoder_of(model).state_dict().items()}
+def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The trained weights, detached CPU copies (keys relative to the trainable module, no CLIP key)."""
+    return {k: v.detach().cpu().clone() for k, v in trainable_of(model).state_dict().items()}
 
 
 def checkpoint_dir(work_dir: str) -> str:
@@ -124,6 +131,14 @@ def checkpoint_dir(work_dir: str) -> str:
 def checkpoint_name(iteration: int) -> str:
     """``iter_<iteration>.pth`` (no zero padding)."""
     return f"iter_{int(iteration)}.pth"
+
+
+def checkpoint_work_dir(checkpoint: str) -> str:
+    """The run folder of a checkpoint: ``WORK_DIR`` for ``WORK_DIR/checkpoints/iter_N.pth``, else its folder."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.basename(folder) == CHECKPOINT_DIR:
+        return os.path.dirname(folder)
+    return folder
 
 
 def save_checkpoint(
@@ -142,7 +157,7 @@ def save_checkpoint(
 
     Args:
         work_dir (str): the run's work dir.
-        model (nn.Module): the (possibly DDP-wrapped) ``WeCLIP``; only its decoder is saved.
+        model (nn.Module): the (possibly DDP-wrapped) model; only its trainable module is saved.
         optimizer (torch.optim.Optimizer): the AdamW optimiser.
         scheduler: the LR scheduler.
         iteration (int): completed iterations.
@@ -160,7 +175,7 @@ def save_checkpoint(
         )
     state = {
         "schema": CHECKPOINT_SCHEMA,
-        "model": decoder_state_dict(model),
+        "model": trainable_state_dict(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "iteration": int(iteration),
@@ -196,29 +211,39 @@ def find_latest_checkpoint(work_dir: str) -> Optional[str]:
     pointer = os.path.join(checkpoint_dir(work_dir), LATEST_NAME)
     if not os.path.isfile(pointer):
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    if not name or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(
-            f"{pointer}: expected a checkpoint file name such as 'iter_2000.pth', got {name!r}"
+    try:
+        with open(pointer, encoding="utf-8") as f:
+            name = f.read(1024).strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"{pointer}: cannot read the pointer to the newest checkpoint ({type(err).__name__}); "
+            "delete it, or resume from a file with --resume PATH"
+        ) from None
+    if not name or os.sep in name or (os.altsep and os.altsep in name) or "\n" in name:
+        raise CheckpointError(
+            f"{pointer}: expected a checkpoint file name such as 'iter_2000.pth', got {name[:60]!r}; "
+            "delete it, or resume from a file with --resume PATH"
         )
     path = os.path.join(checkpoint_dir(work_dir), name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{pointer} names {name}, but {path} does not exist")
+        raise MissingFileError(f"{pointer} names {name}, but {path} does not exist")
     return path
 
 
 def _read_checkpoint_file(path: str, map_location: Any) -> Mapping[str, Any]:
     """``torch.load`` a checkpoint file, with one clear error for a missing, unreadable or non-dict file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         # RNG states hold numpy arrays and python tuples: not loadable with weights_only=True.
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise RuntimeError(f"Cannot read checkpoint {path}: {err}") from err
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or not a torch file?): {first}"
+        ) from err
     if not isinstance(state, Mapping):
-        raise ValueError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
 
 
@@ -235,13 +260,13 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     state = _read_checkpoint_file(path, map_location)
     missing = [k for k in _REQUIRED_KEYS if k not in state]
     if missing:
-        raise ValueError(
-            f"Checkpoint {path} is not a weclip training checkpoint (missing {missing}); for decoder weights "
-            "alone use load_decoder_checkpoint"
+        raise CheckpointError(
+            f"{path} is not a training checkpoint of this library (missing {missing}); it cannot be "
+            "resumed (weights alone are loaded for inference by load_weights)"
         )
     if state["schema"] != CHECKPOINT_SCHEMA:
-        raise ValueError(
-            f"Checkpoint {path} has schema {state['schema']!r}, expected {CHECKPOINT_SCHEMA!r}"
+        raise CheckpointError(
+            f"checkpoint {path} has schema {state['schema']!r}, expected {CHECKPOINT_SCHEMA!r}"
         )
     return state
 
@@ -249,23 +274,23 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
 def check_state_dict_compatible(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str
 ) -> None:
-    """Raise ``ValueError`` naming the missing, unexpected and differently shaped keys.
+    """Raise CheckpointError naming the missing, unexpected and differently shaped keys.
 
     Args:
-        expected (Mapping): the model's decoder state dict.
+        expected (Mapping): the model's trainable state dict.
         found (Mapping): the checkpoint's.
         source (str): the checkpoint path, for the message.
     """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = [
-        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        k
         for k in sorted(set(expected) & set(found))
         if tuple(found[k].shape) != tuple(expected[k].shape)
     ]
     if not (missing or unexpected or shapes):
         return
-    lines = [f"Decoder in {source} does not match the model:"]
+    lines = [f"the weights in {source} do not fit the model:"]
     clip_like = [
         k for k in unexpected if k.startswith(("backbone.", "encoder.", "visual.", "transformer."))
     ]
@@ -279,11 +304,33 @@ def check_state_dict_compatible(
     if unexpected:
         lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
     if shapes:
-        lines.append(f"  shape mismatches ({len(shapes)}): {'; '.join(shapes[:8])}")
-    classifier = [k for k in shapes if k.startswith("classifier.")]
-    if classifier:
-        lines.append("  the class count differs (classifier shape): check data.num_classes")
-    raise ValueError("\n".join(lines))
+        text = "; ".join(
+            f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in shapes[:8]
+        )
+        lines.append(f"  shape mismatches ({len(shapes)}): {text}")
+    # Blame the class count only when it is the one difference: every mismatch is the first dimension of
+    # the classifier (a decoder of another width or depth differs elsewhere too).
+    only_classes = (
+        not missing
+        and not unexpected
+        and all(
+            k.startswith("classifier.")
+            and tuple(found[k].shape[1:]) == tuple(expected[k].shape[1:])
+            for k in shapes
+        )
+    )
+    if only_classes:
+        k = shapes[0]
+        lines.append(
+            f"  the class count differs ({found[k].shape[0]} in the checkpoint, "
+            f"{expected[k].shape[0]} in the config): check data.num_classes / the config"
+        )
+    elif shapes or missing or unexpected:
+        lines.append(
+            "  another architecture: check model.decoder (widths, layers) against the config it was trained with"
+        )
+    raise CheckpointError("\n".join(lines))
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -326,7 +373,7 @@ def check_resume_compatible(
         keys (Iterable[str]): dotted config keys (and their subtrees) that must match.
         ignored (Iterable[str]): dotted keys that may differ.
     """
-    check_state_dict_compatible(decoder_of(model).state_dict(), checkpoint["model"], source)
+    check_state_dict_compatible(trainable_of(model).state_dict(), checkpoint["model"], source)
     now = _select(_flatten(to_plain(config)), keys, ignored)
     then = _select(_flatten(checkpoint["config"]), keys, ignored)
     differing = [
@@ -337,7 +384,7 @@ def check_resume_compatible(
     if int(checkpoint["world_size"]) != int(world_size):
         differing.append(f"world size: checkpoint {checkpoint['world_size']} vs now {world_size}")
     if differing:
-        raise ValueError(
+        raise CheckpointError(
             f"Cannot resume from {source}: settings that change the optimisation differ "
             f"({len(differing)}):\n  "
             + "\n  ".join(differing)
@@ -346,30 +393,53 @@ def check_resume_compatible(
         )
 
 
-def load_decoder_checkpoint(
-    model: nn.Module, path: str, map_location: Any = "cpu"
-) -> Dict[str, Any]:
-    """Load decoder weights for inference from a training checkpoint (or a bare decoder state dict).
+def _is_official(state: Mapping[str, Any]) -> bool:
+    """A whole-model state dict saved by the authors' code (decoder and CLIP under their names)."""
+    keys = [k for k in state if isinstance(k, str)]
+    return bool(keys) and any(k.startswith(("decoder_fts_fuse.", "encoder.")) for k in keys)
+
+
+def load_weights(model: nn.Module, path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load trained weights into ``model.trainable_module()`` for inference.
+
+    Accepted files: a training checkpoint (``iter_N.pth``), a converted or bare state dict of the trainable
+    module, or a whole-model state dict saved by the authors' code (renamed by the model's
+    ``load_official_state``, e.g. ``weclip.models.official_names`` for WeCLIP).
 
     Args:
-        model (nn.Module): a ``WeCLIP`` (possibly wrapped) or a ``WeCLIPDecoder``.
-        path (str): ``iter_N.pth`` (or a ``torch.save``-d decoder state dict).
+        model (nn.Module): a model of the library (possibly wrapped).
+        path (str): the file.
         map_location: passed to ``torch.load``.
 
     Returns:
-        dict: ``{"iteration": int | None, "config": dict | None}`` from the checkpoint.
+        dict: ``{"iteration": int | None, "config": dict | None, "official": bool}``.
     """
     state = _read_checkpoint_file(path, map_location)
-    weights = state["model"] if "model" in state and isinstance(state["model"], Mapping) else state
-    if not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ValueError(
-            f"Checkpoint {path}: no decoder state dict ('model' entry of tensors) found"
-        )
-    decoder = decoder_of(model)
-    check_state_dict_compatible(decoder.state_dict(), weights, path)
-    decoder.load_state_dict(weights, strict=True)
-    iteration = state.get("iteration") if weights is not state else None
-    logger.info(
-        "Loaded decoder weights from %s%s", path, f" (iteration {iteration})" if iteration else ""
-    )
-    return {"iteration": iteration, "config": state.get("config") if weights is not state else None}
+    inner = unwrap_model(model)
+    if _is_official(state):
+        if not hasattr(inner, "load_official_state"):
+            raise CheckpointError(
+                f"{path} looks like a checkpoint of the authors' code, but {type(inner).__name__} cannot "
+                "load those"
+            )
+        try:
+            inner.load_official_state(state)
+        except (KeyError, ValueError) as err:
+            text = err.args[0] if err.args else str(err)
+            raise CheckpointError(f"{path}: {text}") from None
+        logger.info("Loaded the authors' checkpoint %s", path)
+        return {"iteration": None, "config": None, "official": True}
+    weights = state["model"] if isinstance(state.get("model"), Mapping) else state
+    if not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors ('model' entry) found")
+    module = trainable_of(model)
+    check_state_dict_compatible(module.state_dict(), weights, path)
+    module.load_state_dict(weights, strict=True)
+    wrapped = weights is not state
+    iteration = state.get("iteration") if wrapped else None
+    logger.info("Loaded weights from %s%s", path, f" (iteration {iteration})" if iteration else "")
+    return {
+        "iteration": iteration,
+        "config": state.get("config") if wrapped else None,
+        "official": False,
+    }

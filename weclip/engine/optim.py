@@ -15,18 +15,15 @@ provided the training loop calls ``scheduler.step()`` once *after* each ``optimi
 
 import functools
 import logging
-from typing import Any, Iterable, List, Mapping, Union
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "trainable_parameters"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
 logger = logging.getLogger("weclip")
-
-_OPTIM_KEYS = ("type", "lr", "head_lr_mult", "betas", "eps", "weight_decay")
-_SCHED_KEYS = ("warmup_iters", "warmup_ratio", "power")
 
 
 def lr_factor(
@@ -58,67 +55,21 @@ def lr_factor(
     return (1.0 - step / max_iters) ** power
 
 
-def trainable_parameters(
-    model_or_params: Union[nn.Module, Iterable[torch.Tensor]],
-) -> List[nn.Parameter]:
-    """Parameters that require grad, without duplicates; for a module, none under ``backbone``.
-
-    The frozen CLIP (``WeCLIP.backbone``) is excluded by name even if some of its tensors had
-    ``requires_grad=True`` (the authors left CLIP block-11 parameters trainable but never optimised
-    them, spec §1.4); a warning is logged in that case.
+def build_optimizer(module: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.AdamW:
+    """AdamW, one group: every trainable parameter of ``module`` at lr * head_lr_mult (spec §8).
 
     Args:
-        model_or_params: an ``nn.Module`` (``WeCLIP``, ``WeCLIPDecoder``) or an iterable of tensors.
-
-    Returns:
-        list of parameters, in module order.
-    """
-    if isinstance(model_or_params, nn.Module):
-        named = list(model_or_params.named_parameters())
-        leaked = [n for n, p in named if n.startswith("backbone.") and p.requires_grad]
-        if leaked:
-            logger.warning(
-                "Excluding %d CLIP parameter(s) with requires_grad=True from the optimizer",
-                len(leaked),
-            )
-        candidates = [p for n, p in named if not n.startswith("backbone.")]
-    else:
-        candidates = list(model_or_params)
-    seen, params = set(), []
-    for p in candidates:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            params.append(p)
-    return params
-
-
-def _check_keys(cfg: Mapping[str, Any], keys: tuple, name: str) -> None:
-    unknown = sorted(set(cfg) - set(keys))
-    missing = [k for k in keys if k not in cfg]
-    if unknown or missing:
-        raise KeyError(f"{name} config: unknown keys {unknown}, missing keys {missing} ({keys})")
-
-
-def build_optimizer(
-    model_or_params: Union[nn.Module, Iterable[torch.Tensor]], optim_cfg: Mapping[str, Any]
-) -> torch.optim.AdamW:
-    """AdamW, one group: every trainable (decoder) parameter at lr * head_lr_mult (spec §8).
-
-    Args:
-        model_or_params: the model (CLIP under ``backbone`` is never included) or parameters.
-        optim_cfg (Mapping): ``cfg.optim``: ``type`` ("AdamW"), ``lr`` (2e-4), ``head_lr_mult``
-            (10), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01, decoupled, on
-            all parameters).
+        module (nn.Module): the model's trainable module (``model.trainable_module()``; WeCLIP: the decoder,
+            the frozen CLIP is never in the optimiser).
+        optim_cfg (Mapping): the validated ``cfg.optim``: ``lr`` (2e-4), ``head_lr_mult`` (10), ``betas``
+            ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01, decoupled, on all parameters).
 
     Returns:
         torch.optim.AdamW: lr = 2e-3 with the VOC config.
     """
-    _check_keys(optim_cfg, _OPTIM_KEYS, "optim")
-    if optim_cfg["type"] != "AdamW":
-        raise ValueError(f"optim.type must be 'AdamW' (spec §8), got {optim_cfg['type']!r}")
-    params = trainable_parameters(model_or_params)
+    params = [p for p in module.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("build_optimizer: no parameter requires grad (is the decoder frozen?)")
+        raise ValueError("build_optimizer: no parameter requires grad (is the module frozen?)")
     lr = float(optim_cfg["lr"]) * float(optim_cfg["head_lr_mult"])
     optimizer = torch.optim.AdamW(
         [{"params": params, "lr": lr}],
@@ -160,7 +111,6 @@ def build_scheduler(
     Returns:
         LambdaLR
     """
-    _check_keys(sched_cfg, _SCHED_KEYS, "sched")
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     factor = functools.partial(

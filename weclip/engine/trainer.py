@@ -1,12 +1,11 @@
-"""The WeCLIP training loop: one process, many GPUs (DDP), many nodes; periodic log, images, validation,
-checkpoints; exact resume.
+"""The training loop: one process, many GPUs (DDP), many nodes; periodic log, images, validation,
+checkpoints; exact resume. Model-agnostic: it trains any model of the library's interface
+(docs/architecture.md, "The model interface").
 
 One iteration (spec §8 "per-iteration order", App. A), for it = 1 .. train.max_iters::
 
-    batch -> model(images, cls_labels, iteration=it)          # CLIP, decoder, Grad-CAM, refinement, PAR
-          -> L = seg_weight * L_seg(seg_logits, pseudo_labels)             (logits upsampled inside, §7.1)
-               + aff_weight * L_aff(aff, affinity_labels(pseudo_labels))    (§7.2)
-          -> zero_grad -> backward -> optimizer.step() -> scheduler.step()
+    batch -> model(images, cls_labels, mode="loss", iteration=it, valid=...)   # forward + the model's losses
+          -> zero_grad -> out["loss"].backward() -> optimizer.step() -> scheduler.step()
 
 so optimizer step t = it - 1 runs with lr(t) (App. C.9: lr(0) = 2e-9 is the first step's lr). Then, in this
 order: log line (every ``train.log_interval``), TensorBoard images (``vis_interval``), validation
@@ -15,73 +14,69 @@ holds the RNG state at the very end of its iteration, and validation runs betwee
 (:meth:`Trainer.validate` restores them), so neither changes what training computes.
 
 Distributed: ``train.batch_size`` is the TOTAL batch; each of the W ranks loads ``batch_size / W`` images
-(an error when not divisible), draws its own share of the sampler stream and its own Dropout2d masks
-(seed + rank); ``DistributedDataParallel`` averages the decoder gradients. CLIP is frozen and has no
-gradient. ``train.check_sync`` (debugging aid, default False) all-gathers a checksum of the decoder weights
-after every step and stops with an error as soon as two ranks disagree.
+(a config error when not divisible), draws its own share of the sampler stream and its own Dropout2d masks
+(seed + rank); ``DistributedDataParallel`` averages the gradients of the trained module. ``train.check_sync``
+(debugging aid) all-gathers a checksum of the trained weights after every step and stops with an error as
+soon as two ranks disagree.
 
-``train.amp``: on CUDA, the model forward runs under bf16 autocast (losses in fp32); ignored on CPU.
+``train.amp``: on CUDA, the model forward runs under bf16 autocast (losses in fp32); ignored on CPU. The step
+never waits on the host: losses are accumulated on the device and read at log intervals only.
 
-Config keys read: ``train.{max_iters, batch_size, seed, num_workers, amp, log_interval, vis_interval,
-ckpt_interval, eval_interval, eval_split, eval_max_images, check_sync}``, ``loss``, ``optim``, ``sched``,
-``data`` (datasets), ``model`` (through ``build_weclip``).
+Numbers for people and programs: the log (``WORK_DIR/<timestamp>.log``), TensorBoard (``WORK_DIR/tb``) and
+``WORK_DIR/scalars.jsonl``: one JSON object per log interval (``{"kind": "train", "iteration", "loss", ...,
+"lr", "img_per_s", "memory_mib", "pixel_acc"}``) and per validation (``{"kind": "val", "iteration",
+"pseudo_miou", "decoder_miou", "num_images"}``).
 """
 
-import contextlib
 import inspect
+import json
 import logging
 import os
 import resource
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
+from mmengine import dist as mmdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from weclip.engine.checkpoint import (
     LATEST_NAME,
     check_resume_compatible,
     checkpoint_dir,
-    decoder_of,
     find_latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    unwrap_model,
+    trainable_of,
 )
 from weclip.engine.optim import build_optimizer, build_scheduler
-from weclip.evaluation.metrics import ConfusionMatrix
-from weclip.losses import total_loss
-from weclip.utils.dist import DistInfo, all_gather_object, all_reduce_sum, barrier
+from weclip.errors import CheckpointError, ConfigError
+from weclip.evaluation.evaluators import SegmentationEvaluator
+from weclip.evaluation.loop import run_on_dataset
+from weclip.evaluation.predictors import PseudoLabelPredictor
+from weclip.utils.amp import autocast
+from weclip.utils.dist import DistInfo, all_reduce_sum
+from weclip.utils.io import atomic_write_text
 from weclip.utils.logging import create_tb_writer
 from weclip.utils.seed import get_rng_state, seed_everything, set_rng_state
-from weclip.utils.visualize import cam_overlay, denormalize, hstack_panels, label_overlay
+from weclip.utils.visualize import cam_overlay, hstack_panels, label_overlay
 
 __all__ = [
     "Trainer",
+    "run_training",
     "per_rank_batch_size",
     "process_memory_mib",
     "pixel_accuracy",
-    "crop_to_patch_multiple",
+    "SCALARS_NAME",
 ]
 
 logger = logging.getLogger("weclip")
 
-_TRAIN_KEYS = (
-    "max_iters",
-    "batch_size",
-    "seed",
-    "num_workers",
-    "amp",
-    "log_interval",
-    "vis_interval",
-    "ckpt_interval",
-    "eval_interval",
-    "eval_split",
-    "eval_max_images",
-)
+SCALARS_NAME = "scalars.jsonl"
 
 
 def per_rank_batch_size(total: int, world_size: int) -> int:
@@ -92,20 +87,20 @@ def per_rank_batch_size(total: int, world_size: int) -> int:
         world_size (int): number of ranks.
 
     Returns:
-        int: e.g. 4 images on 4 GPUs -> 1; 4 on 3 GPUs raises ``ValueError``.
+        int: e.g. 4 images on 4 GPUs -> 1; 4 on 3 GPUs raises ConfigError.
     """
     if total < 1 or world_size < 1:
         raise ValueError(f"batch size and world size must be >= 1, got {total} and {world_size}")
     if total % world_size:
-        raise ValueError(
-            f"train.batch_size={total} is the TOTAL batch over all processes and must be divisible by the "
-            f"world size {world_size}; choose a multiple of {world_size} (--cfg-options train.batch_size=N) "
-            "or another number of GPUs"
+        raise ConfigError(
+            f"config key 'train.batch_size' = {total} is the TOTAL batch over all processes and must be "
+            f"divisible by the number of processes ({world_size}): choose a multiple of {world_size} "
+            "(--cfg-options train.batch_size=N) or another number of processes"
         )
     return total // world_size
 
 
-def process_memory_mib(device: torch.device) -> Dict[str, float]:
+def process_memory_mib(device: torch.device) -> Dict[str, Any]:
     """Memory figure for the log: CUDA peak allocated since the last call, else the process RSS.
 
     Args:
@@ -132,7 +127,7 @@ def process_memory_mib(device: torch.device) -> Dict[str, float]:
 def pixel_accuracy(
     seg_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
 ) -> float:
-    """Share of non-ignored pixels where the decoder's argmax equals the pseudo-label (spec §8 logging).
+    """Share of non-ignored pixels where the argmax of the logits equals the pseudo-label (spec §8 logging).
 
     Args:
         seg_logits (torch.Tensor): BxCxhxw, upsampled bilinearly (align_corners=False) to the labels.
@@ -146,49 +141,23 @@ def pixel_accuracy(
         logits = F.interpolate(
             seg_logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
         )
-        pred = logits.argmax(dim=1)
         valid = labels != ignore_index
         count = int(valid.sum())
-        return float((pred == labels)[valid].sum()) / count if count else float("nan")
-
-
-def crop_to_patch_multiple(image: torch.Tensor, patch_size: int, name: str = "") -> torch.Tensor:
-    """Crop the bottom/right remainder so that H and W are multiples of the patch size.
-
-    This is exactly what the authors' stride-p patch convolution does to an image of any size (spec §1.3:
-    "remainder pixels dropped"), so validation at the original size sees the same patch grid as theirs.
-
-    Args:
-        image (torch.Tensor): 3xHxW (or Bx3xHxW).
-        patch_size (int): p.
-        name (str): image name for the error message.
-
-    Returns:
-        torch.Tensor: ...x(p*floor(H/p))x(p*floor(W/p)), a view.
-    """
-    h, w = image.shape[-2:]
-    hc, wc = (h // patch_size) * patch_size, (w // patch_size) * patch_size
-    if hc == 0 or wc == 0:
-        raise ValueError(
-            f"image {name!r} is {w}x{h} (WxH), smaller than the {patch_size}-pixel patch"
+        return (
+            float((logits.argmax(dim=1) == labels)[valid].sum()) / count if count else float("nan")
         )
-    return image[..., :hc, :wc]
 
 
 class Trainer:
-    """Trains the decoder of a ``WeCLIP`` model; see the module docstring.
+    """Trains the trainable module of a model of the library; see the module docstring.
 
     Args:
-        cfg: the resolved config (``weclip.config.load_config``).
-        work_dir (str): where checkpoints, the log file and TensorBoard events go.
+        cfg: the resolved, validated config (``weclip.config.load_config``).
+        work_dir (str): where checkpoints, the log file, TensorBoard events and scalars.jsonl go.
         dist_info (DistInfo): from ``weclip.utils.dist.init_distributed``.
         model_builder (callable, optional): ``cfg -> nn.Module``, called once the seed is set (so that a
             randomly initialised model is the same on every rank and every run); default
-            ``weclip.models.weclip.build_weclip``. The model must follow the ``WeCLIP`` contract
-            (docs/architecture.md): ``decoder`` and ``backbone`` (with ``patch_size``) sub-modules and
-            ``forward(images, cls_labels, iteration, out_size=None, valid=None) -> dict(seg_logits, aff,
-            pseudo_labels, cams, cams_refined, batch_index, class_index)``; ``out_size`` is used in
-            validation, ``valid`` only with ``model.pseudo_label.ignore_padding``.
+            ``weclip.models.registry.build_model`` (``cfg.model.type``).
         train_dataset (Dataset, optional): default ``build_dataset(cfg.data, cfg.data.train_split, train=True)``.
         eval_dataset (Dataset, optional): default built at the first validation from ``train.eval_split``.
     """
@@ -202,11 +171,6 @@ class Trainer:
         train_dataset: Optional[Any] = None,
         eval_dataset: Optional[Any] = None,
     ) -> None:
-        missing = [k for k in _TRAIN_KEYS if k not in cfg.train]
-        if missing:
-            raise KeyError(
-                f"train config lacks {missing} (see configs/_base_/schedules/poly_30k.py)"
-            )
         self.cfg = cfg
         self.tcfg = cfg.train
         self.work_dir = work_dir
@@ -218,10 +182,8 @@ class Trainer:
         self.total_batch = int(self.tcfg.batch_size)
         self.batch_size = per_rank_batch_size(self.total_batch, self.world_size)
         self.seed = int(self.tcfg.seed)
-        self.check_sync = bool(self.tcfg.get("check_sync", False))
-        self.ignore_index = int(cfg.loss.ignore_index)
+        self.ignore_index = int(cfg.data.ignore_index)
         self.num_classes = int(cfg.data.num_classes)
-        self.ignore_padding = bool(cfg.model.get("pseudo_label", {}).get("ignore_padding", False))
         self.use_amp = bool(self.tcfg.amp) and self.device.type == "cuda"
         if bool(self.tcfg.amp) and not self.use_amp:
             logger.warning(
@@ -232,15 +194,13 @@ class Trainer:
         # Same seed on every rank for construction (identical random CLIP/decoder init), then seed + rank.
         seed_everything(self.seed)
         if model_builder is None:
-            from weclip.models.weclip import (
-                build_weclip as model_builder,  # lazy: tests inject small models
-            )
+            from weclip.models.registry import build_model as model_builder
         model = model_builder(cfg)
         self.model_without_ddp = model.to(self.device)
         self.model_without_ddp.train()
         seed_everything(self.seed + self.rank)
 
-        self.optimizer = build_optimizer(self.model_without_ddp, cfg.optim)
+        self.optimizer = build_optimizer(trainable_of(self.model_without_ddp), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.max_iters)
         self.model: nn.Module = self.model_without_ddp
         if dist_info.distributed:
@@ -265,7 +225,7 @@ class Trainer:
         self.train_dataset = train_dataset
         self._eval_dataset = eval_dataset
         self.writer = create_tb_writer(os.path.join(work_dir, "tb")) if self.is_main else None
-        self.norm = cfg.data.norm_constants[cfg.data.normalize]
+        self.scalars_path = os.path.join(work_dir, SCALARS_NAME)
         self.start_iter = 0
         self.data_position = 0  # samples this rank's sampler has handed out
         self._resume_rng: Optional[Dict[str, Any]] = None
@@ -297,28 +257,49 @@ class Trainer:
                     "(--resume continues instead)",
                     self.work_dir,
                 )
+            self._truncate_scalars(0)
             return 0
         path = find_latest_checkpoint(self.work_dir) if resume == "auto" else resume
         if path is None:
             logger.info("--resume auto: no checkpoint in %s, starting from scratch", self.work_dir)
+            self._truncate_scalars(0)
             return 0
         ckpt = load_checkpoint(path, map_location="cpu")
         check_resume_compatible(ckpt, self.model_without_ddp, self.cfg, self.world_size, path)
         iteration = int(ckpt["iteration"])
         position = int(ckpt["data_positions"][self.rank])
         if position != iteration * self.batch_size:
-            raise ValueError(
-                f"Checkpoint {path}: rank {self.rank} data position {position} != iteration {iteration} x "
+            raise CheckpointError(
+                f"checkpoint {path}: rank {self.rank} data position {position} != iteration {iteration} x "
                 f"per-rank batch {self.batch_size}"
             )
-        decoder_of(self.model_without_ddp).load_state_dict(ckpt["model"], strict=True)
+        trainable_of(self.model_without_ddp).load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_iter, self.data_position = iteration, position
         # Restored right before the first iteration (after the data loader has drawn its base seed).
         self._resume_rng = ckpt["rng_states"][self.rank]
+        self._truncate_scalars(iteration)
         logger.info("Resumed from %s: iteration %d of %d", path, iteration, self.max_iters)
         return iteration
+
+    # ------------------------------------------------------------------ scalars.jsonl
+    def _truncate_scalars(self, iteration: int) -> None:
+        """Keep the records up to ``iteration`` (what a resumed run will not write again)."""
+        if not self.is_main or not os.path.isfile(self.scalars_path):
+            return
+        with open(self.scalars_path) as f:
+            kept = [
+                line for line in f if line.strip() and json.loads(line)["iteration"] <= iteration
+            ]
+        atomic_write_text(self.scalars_path, "".join(kept))
+
+    def _write_scalars(self, record: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        os.makedirs(self.work_dir, exist_ok=True)
+        with open(self.scalars_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ data
     def _train_batches(self) -> Iterator[Dict[str, Any]]:
@@ -335,66 +316,57 @@ class Trainer:
         )
         return iter(loader)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Dict[str, Any], iteration: int) -> Dict[str, Any]:
-        """Forward, losses, backward and optimiser/scheduler step for 1-indexed ``iteration``.
+        """Forward with the model's losses, backward and optimiser/scheduler step for 1-indexed ``iteration``.
 
         Args:
-            batch (dict): ``image`` Bx3xSxS, ``cls_labels`` Bx(C-1), ``valid`` BxSxS (per-rank batch).
-            iteration (int): 1-indexed; selects static refinement vs RFM inside the model.
+            batch (dict): ``image`` Bx3xSxS uint8, ``cls_labels`` Bx(C-1), ``valid`` BxSxS (per-rank batch).
+            iteration (int): 1-indexed; e.g. selects WeCLIP's static refinement or the RFM.
 
         Returns:
-            dict: the model outputs plus ``losses`` (detached scalars: loss, seg_loss, aff_loss) and ``lr``
-            (the decoder lr of this step).
+            dict: the model outputs (``loss``, ``log``, ...) plus ``lr`` (the lr of this step, a float).
         """
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_labels"].to(self.device, non_blocking=True)
-        extra = {}
-        if self.ignore_padding:
-            # the model labels zero-padded crop pixels 255 (off by default: the authors label them, spec §12.5)
-            extra["valid"] = batch["valid"].to(self.device, non_blocking=True)
-        with self._autocast():
-            out = self.model(images, cls_labels, iteration=iteration, **extra)
-        losses = total_loss(
-            out["seg_logits"].float(), out["aff"].float(), out["pseudo_labels"], self.cfg.loss
-        )
+        valid = batch["valid"].to(self.device, non_blocking=True)  # crop padding (ignore_padding)
+        with autocast(self.device, self.use_amp):
+            out = self.model(images, cls_labels, mode="loss", iteration=iteration, valid=valid)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        with record_function("train/backward"):
+            out["loss"].backward()
         lr = self.optimizer.param_groups[0]["lr"]  # lr(t) with t = iteration - 1
-        self.optimizer.step()
-        self.scheduler.step()
-        out["losses"] = {k: losses[k].detach() for k in ("loss", "seg_loss", "aff_loss")}
+        with record_function("train/optimizer"):
+            self.optimizer.step()
+            self.scheduler.step()
         out["lr"] = lr
         return out
 
     def _check_sync(self, iteration: int, verbose: bool = False) -> None:
-        """All-gather (sum, sum of squares) of the decoder weights in float64; error if ranks differ.
+        """All-gather (sum, sum of squares) of the trained weights in float64; error if ranks differ.
 
         Args:
             iteration (int): the iteration just finished (for the messages).
             verbose (bool): log the agreement at INFO (else DEBUG).
         """
         with torch.no_grad():
-            params = [p.detach().double() for p in decoder_of(self.model_without_ddp).parameters()]
+            params = [
+                p.detach().double() for p in trainable_of(self.model_without_ddp).parameters()
+            ]
             local = (
                 torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])
                 .cpu()
                 .tolist()
             )
-        checksums = all_gather_object(local)
+        checksums = mmdist.all_gather_object(local)
         if any(c != checksums[0] for c in checksums):
             raise RuntimeError(
-                f"train.check_sync: decoder weights differ between ranks after iteration {iteration}: "
+                f"train.check_sync: trained weights differ between ranks after iteration {iteration}: "
                 + ", ".join(f"rank {r}: {c}" for r, c in enumerate(checksums))
             )
         logger.log(
             logging.INFO if verbose else logging.DEBUG,
-            "check_sync: the %d ranks hold identical decoder weights after iteration %d (checksum %r)",
+            "check_sync: the %d ranks hold identical weights after iteration %d (checksum %r)",
             len(checksums),
             iteration,
             local,
@@ -413,7 +385,8 @@ class Trainer:
             set_rng_state(self._resume_rng)
             self._resume_rng = None
         self.model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        names: List[str] = []
+        sums: Optional[torch.Tensor] = None  # on the device: no host sync inside the interval
         count, tick = 0, time.perf_counter()
         last_log: Dict[str, float] = {}
         last_val: Dict[str, float] = {}
@@ -430,73 +403,79 @@ class Trainer:
                 "Nothing to do: iteration %d >= train.max_iters %d", self.start_iter, self.max_iters
             )
         iteration = self.start_iter
-        log_interval = int(self.tcfg.log_interval)
+        tcfg = self.tcfg
         for iteration in range(self.start_iter + 1, self.max_iters + 1):
             batch = next(batches)
             out = self.train_step(batch, iteration)
             self.data_position += self.batch_size
-            if self.check_sync and self.world_size > 1:
-                self._check_sync(iteration, verbose=iteration == 1 or iteration % log_interval == 0)
-            losses = out["losses"]
-            sums += torch.stack([losses["loss"], losses["seg_loss"], losses["aff_loss"]]).double()
+            if tcfg.check_sync and self.world_size > 1:
+                self._check_sync(
+                    iteration, verbose=iteration == 1 or iteration % tcfg.log_interval == 0
+                )
+            if not names:
+                names = ["loss"] + sorted(out.get("log", {}))
+            values = torch.stack(
+                [out["loss"].detach().double()] + [out["log"][k].double() for k in names[1:]]
+            )
+            sums = values if sums is None else sums + values
             count += 1
             progress.update(1)
 
-            if iteration % log_interval == 0 or iteration == self.max_iters:
-                last_log = self._log(iteration, out, sums, count, time.perf_counter() - tick)
+            if iteration % tcfg.log_interval == 0 or iteration == self.max_iters:
+                last_log = self._log(iteration, out, names, sums, count, time.perf_counter() - tick)
                 progress.set_postfix(loss=f"{last_log['loss']:.4f}", lr=f"{last_log['lr']:.2e}")
-                sums.zero_()
-                count, tick = 0, time.perf_counter()
-            vis_interval = int(self.tcfg.vis_interval)
-            if self.is_main and vis_interval > 0 and iteration % vis_interval == 0:
+                sums, count, tick = None, 0, time.perf_counter()
+            if self.is_main and tcfg.vis_interval > 0 and iteration % tcfg.vis_interval == 0:
                 self._visualize(iteration, batch, out)
-            eval_interval = int(self.tcfg.eval_interval)
-            if eval_interval > 0 and (iteration % eval_interval == 0):
+            if tcfg.eval_interval > 0 and iteration % tcfg.eval_interval == 0:
                 last_val = self.validate(iteration)
                 tick = time.perf_counter()  # keep validation out of the throughput
-            ckpt_interval = int(self.tcfg.ckpt_interval)
             if (
-                ckpt_interval > 0 and iteration % ckpt_interval == 0
+                tcfg.ckpt_interval > 0 and iteration % tcfg.ckpt_interval == 0
             ) or iteration == self.max_iters:
                 self.save(iteration)
                 tick = time.perf_counter()
         progress.close()
         if self.writer is not None:
             self.writer.flush()
-        barrier()
+        mmdist.barrier()
         return {"iteration": iteration, "last_log": last_log, "last_val": last_val}
 
     # ------------------------------------------------------------------ periodic work
     def _log(
-        self, iteration: int, out: Dict[str, Any], sums: torch.Tensor, count: int, seconds: float
+        self,
+        iteration: int,
+        out: Dict[str, Any],
+        names: List[str],
+        sums: torch.Tensor,
+        count: int,
+        seconds: float,
     ) -> Dict[str, float]:
         """Mean losses over the interval (and over ranks), lr, throughput, memory, pseudo-label accuracy."""
         stats = torch.cat(
             [sums, torch.tensor([float(count)], dtype=torch.float64, device=sums.device)]
         )
         stats = all_reduce_sum(stats.clone())
-        means = (stats[:3] / stats[3]).tolist()
+        means = (stats[:-1] / stats[-1]).tolist()
         memory = process_memory_mib(self.device)
-        record = {
-            "loss": means[0],
-            "seg_loss": means[1],
-            "aff_loss": means[2],
-            "lr": float(out["lr"]),
-            "pixel_acc": pixel_accuracy(out["seg_logits"], out["pseudo_labels"], self.ignore_index),
-            "img_per_s": count * self.total_batch / max(seconds, 1e-9),
-            "memory_mib": memory["memory_mib"],
-        }
+        record: Dict[str, float] = dict(zip(names, means))
+        record["lr"] = float(out["lr"])
+        if "pseudo_labels" in out:
+            record["pixel_acc"] = pixel_accuracy(
+                out["seg_logits"], out["pseudo_labels"], self.ignore_index
+            )
+        record["img_per_s"] = count * self.total_batch / max(seconds, 1e-9)
+        record["memory_mib"] = memory["memory_mib"]
         remaining = (self.max_iters - iteration) * seconds / max(count, 1)
+        parts = ", ".join(f"{k} {record[k]:.4f}" for k in names[1:])
         logger.info(
-            "it %d/%d | loss %.4f (seg %.4f, aff %.4f) | lr %.3e | pseudo-label acc %.4f | %.2f img/s | "
-            "mem %.0f MiB (%s, rank 0) | eta %s",
+            "it %d/%d | loss %.4f (%s) | lr %.3e |%s %.2f img/s | mem %.0f MiB (%s, rank 0) | eta %s",
             iteration,
             self.max_iters,
             record["loss"],
-            record["seg_loss"],
-            record["aff_loss"],
+            parts,
             record["lr"],
-            record["pixel_acc"],
+            f" pseudo-label acc {record['pixel_acc']:.4f} |" if "pixel_acc" in record else "",
             record["img_per_s"],
             record["memory_mib"],
             memory["kind"],
@@ -507,6 +486,7 @@ class Trainer:
         if self.writer is not None:
             for key, value in record.items():
                 self.writer.add_scalar(f"train/{key}", value, iteration)
+        self._write_scalars(dict(kind="train", iteration=iteration, **record))
         return record
 
     def _visualize(self, iteration: int, batch: Dict[str, Any], out: Dict[str, Any]) -> None:
@@ -514,7 +494,7 @@ class Trainer:
         if self.writer is None:
             return
         with torch.no_grad():
-            rgb = denormalize(batch["image"][0], self.norm["mean"], self.norm["std"])
+            rgb = batch["image"][0].permute(1, 2, 0).numpy()  # (S, S, 3) uint8
             size = rgb.shape[:2]
             pairs = (
                 (out["batch_index"] == 0).nonzero().flatten().tolist()
@@ -525,10 +505,11 @@ class Trainer:
             if pairs:  # first present class of image 0
                 panels.append(cam_overlay(rgb, out["cams"][pairs[0]]))
                 panels.append(cam_overlay(rgb, out["cams_refined"][pairs[0]]))
+            if "pseudo_labels" in out:
+                panels.append(label_overlay(rgb, out["pseudo_labels"][0]))
             logits = F.interpolate(
                 out["seg_logits"][:1].float(), size=size, mode="bilinear", align_corners=False
             )
-            panels.append(label_overlay(rgb, out["pseudo_labels"][0]))
             panels.append(label_overlay(rgb, logits.argmax(dim=1)[0]))
         self.writer.add_image(
             "train/input_cam_refined_pseudo_pred",
@@ -539,8 +520,8 @@ class Trainer:
 
     def save(self, iteration: int) -> Optional[str]:
         """Gather every rank's RNG state and data position; rank 0 writes the checkpoint (see checkpoint.py)."""
-        rng_states = all_gather_object(get_rng_state())
-        positions = all_gather_object(self.data_position)
+        rng_states = mmdist.all_gather_object(get_rng_state())
+        positions = mmdist.all_gather_object(self.data_position)
         path = None
         if self.is_main:
             path = save_checkpoint(
@@ -554,7 +535,7 @@ class Trainer:
                 data_positions=positions,
                 num_classes=self.num_classes,
             )
-        barrier()  # nobody runs ahead (or exits) before the file is complete
+        mmdist.barrier()  # nobody runs ahead (or exits) before the file is complete
         return path
 
     # ------------------------------------------------------------------ validation
@@ -566,23 +547,26 @@ class Trainer:
             self._eval_dataset = build_dataset(
                 self.cfg.data, self.tcfg.eval_split, train=False, with_labels=True
             )
+            if not self._eval_dataset.with_mask:
+                raise ConfigError(
+                    f"config key 'train.eval_split' = {self.tcfg.eval_split!r}: this split has no masks "
+                    "(data.mask_free_splits); validate on a split with masks"
+                )
         return self._eval_dataset
 
     def validate(self, iteration: int) -> Dict[str, float]:
-        """Pseudo-label mIoU (RFM path) and decoder mIoU on ``train.eval_split`` (spec §8, §12.7).
+        """Pseudo-label mIoU and decoder mIoU on ``train.eval_split`` (spec §8, §12.7).
 
-        Each image is used at its original size, with the bottom/right remainder beyond a multiple of the
-        patch size cropped off (what the authors' patch convolution ignores, see
-        :func:`crop_to_patch_multiple`); the decoder logits are resized bilinearly to the mask size and
-        argmaxed; the refined CAMs and pseudo-labels are produced at the mask size (``out_size``: CAMs
-        resized to it, PAR on the image resized to it, as the authors' validation mode, spec §4.6). The model runs
-        in eval mode (Dropout2d off; the authors validated in train mode) under ``no_grad`` (the model
-        enables grad for Grad-CAM itself), with ``iteration=None`` (RFM). The first ``train.eval_max_images``
-        images are split over the ranks (rank r takes r, r + W, ...); the confusion matrices are summed over
-        ranks. RNG states are saved and restored around it.
+        The same evaluation loop and predictor as ``tools/eval_pseudo.py``'s ``rfm_par`` row and
+        ``weclip.apis.pseudo_labels`` (``PseudoLabelPredictor``): each image at its original size, the network
+        on the patch-multiple crop, refined CAMs and pseudo-labels at the mask size with PAR guided by the
+        whole image (the authors' validation mode), the decoder logits resized to the mask size. Eval mode
+        (Dropout2d off; the authors validated in train mode) under ``no_grad`` (Grad-CAM enables grad
+        itself), iteration None (RFM). The first ``train.eval_max_images`` images are split over the ranks;
+        the confusion matrices are summed. RNG states are saved and restored around it.
 
         Args:
-            iteration (int): for the log and TensorBoard.
+            iteration (int): for the log, TensorBoard and scalars.jsonl.
 
         Returns:
             dict: ``pseudo_miou``, ``decoder_miou`` (fractions), ``num_images``.
@@ -590,60 +574,42 @@ class Trainer:
         rng = get_rng_state()
         model = self.model_without_ddp
         model.eval()
-        dataset = self.eval_dataset
-        limit = self.tcfg.eval_max_images
-        total = len(dataset) if limit is None else min(int(limit), len(dataset))
-        patch = int(unwrap_model(model).backbone.patch_size)
-        pseudo_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
-        decoder_cm = ConfusionMatrix(self.num_classes, self.ignore_index)
-        indices = range(self.rank, total, self.world_size)
-        with torch.no_grad():
-            for index in tqdm(
-                indices, desc=f"val {iteration}", disable=not self.is_main, leave=False
-            ):
-                item = dataset[index]
-                name = item.get("name", str(index))
-                if "mask" not in item or "cls_labels" not in item:
-                    raise ValueError(
-                        f"validation split {self.tcfg.eval_split!r}: item {name} lacks a mask or image-level "
-                        "labels (choose a split with masks and label-file entries for train.eval_split)"
-                    )
-                mask = item["mask"].to(self.device)
-                image = crop_to_patch_multiple(item["image"], patch, name)[None].to(self.device)
-                cls_labels = item["cls_labels"][None].to(self.device)
-                with self._autocast():
-                    out = model(image, cls_labels, iteration=None, out_size=tuple(mask.shape))
-                logits = F.interpolate(
-                    out["seg_logits"].float(), size=mask.shape, mode="bilinear", align_corners=False
+        try:
+            evaluators = [
+                SegmentationEvaluator(
+                    name, self.num_classes, key=name, ignore_index=self.ignore_index
                 )
-                decoder_cm.update(logits.argmax(dim=1)[0], mask, name=name)
-                pseudo = out["pseudo_labels"][:1]
-                if pseudo.shape[-2:] != mask.shape:  # a model that ignores out_size
-                    pseudo = F.interpolate(
-                        pseudo[:, None].float(), size=mask.shape, mode="nearest"
-                    )[:, 0]
-                pseudo_cm.update(pseudo[0].long(), mask, name=name)
-        pseudo_cm.all_reduce()
-        decoder_cm.all_reduce()
-        model.train()
-        set_rng_state(rng)
-        result = {
-            "pseudo_miou": pseudo_cm.scores()["miou"],
-            "decoder_miou": decoder_cm.scores()["miou"],
-            "num_images": float(decoder_cm.num_images),
+                for name in ("pseudo", "decoder")
+            ]
+            run = run_on_dataset(
+                PseudoLabelPredictor(model, amp=self.use_amp),
+                self.eval_dataset,
+                evaluators,
+                max_images=self.tcfg.eval_max_images,
+                desc=f"val {iteration}",
+            )
+        finally:
+            model.train()
+            set_rng_state(rng)
+        results = run["results"]
+        record = {
+            "pseudo_miou": results["pseudo"]["matrix"].scores()["miou"],
+            "decoder_miou": results["decoder"]["matrix"].scores()["miou"],
+            "num_images": float(run["num_images"]),
         }
         logger.info(
             "val it %d on %s (%d images): pseudo-label mIoU %.2f, decoder mIoU %.2f",
             iteration,
             self.tcfg.eval_split,
-            decoder_cm.num_images,
-            100 * result["pseudo_miou"],
-            100 * result["decoder_miou"],
+            run["num_images"],
+            100 * record["pseudo_miou"],
+            100 * record["decoder_miou"],
         )
         if self.writer is not None:
-            self.writer.add_scalar("val/pseudo_miou", result["pseudo_miou"], iteration)
-            self.writer.add_scalar("val/decoder_miou", result["decoder_miou"], iteration)
-        return result
+            self.writer.add_scalar("val/pseudo_miou", record["pseudo_miou"], iteration)
+            self.writer.add_scalar("val/decoder_miou", record["decoder_miou"], iteration)
+        self._write_scalars(dict(kind="val", iteration=iteration, **record))
+        return record
 
     def close(self) -> None:
         """Flush and close TensorBoard."""
@@ -666,7 +632,7 @@ def run_training(
         work_dir (str): run directory.
         dist_info (DistInfo): process placement.
         resume (str, optional): None, "auto" or a checkpoint path.
-        model_builder (callable, optional): cfg -> model (default ``build_weclip``).
+        model_builder (callable, optional): cfg -> model (default ``build_model``).
 
     Returns:
         dict: from :meth:`Trainer.train`.

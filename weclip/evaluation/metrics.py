@@ -46,8 +46,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from weclip.utils.dist import all_reduce_sum
 from weclip.utils.io import atomic_write_text
 
 __all__ = [
@@ -97,29 +97,18 @@ class ConfusionMatrix:
         num_classes (int): C, including background.
         ignore_index (int): the GT ignore label, reported in the payload (every GT value outside
             [0, C) is skipped). Default: 255.
-        pred_ignore_index (int, optional): if set, pixels whose *prediction* equals it are skipped
-            too (pseudo labels with 255 = "undecided", as AFA's ``pseudo_scores``). If ``None``
-            (default) every counted prediction must lie in [0, C), else ``ValueError``.
 
     Attributes:
         hist (torch.Tensor): C×C int64 on the CPU.
         num_images (int): number of ``update`` calls' images.
     """
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = 255, pred_ignore_index: Optional[int] = None
-    ) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.pred_ignore_index = pred_ignore_index
         self.hist = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
-        self.num_images = 0
-
-    def reset(self) -> None:
-        """Zero the matrix and the image count."""
-        self.hist.zero_()
         self.num_images = 0
 
     def update(
@@ -149,8 +138,6 @@ class ConfusionMatrix:
         if p.device != g.device:
             p = p.to(g.device)
         keep = (g >= 0) & (g < C)
-        if self.pred_ignore_index is not None:
-            keep &= p != self.pred_ignore_index
         p, g = p[keep], g[keep]
         if p.numel() and (int(p.min()) < 0 or int(p.max()) >= C):
             bad = p[(p < 0) | (p >= C)].unique()[:5].tolist()
@@ -164,38 +151,16 @@ class ConfusionMatrix:
             num_images = int(gt.shape[0]) if len(gt.shape) == 3 else 1
         self.num_images += int(num_images)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
-        """Add another matrix of the same size into this one."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(
-                f"cannot merge {other.num_classes}-class into {self.num_classes}-class matrix"
-            )
-        self.hist += other.hist
-        self.num_images += other.num_images
-
-    def all_reduce(self, device: Optional[torch.device] = None) -> None:
+    def all_reduce(self) -> None:
         """Sum the matrix and the image count over all ranks (no-op without torch.distributed).
 
-        Every rank must call it. A ``DistributedSampler`` pads the dataset to a multiple of the
-        world size; use a sampler that does not pad (or count each image once) for exact figures.
-
-        Args:
-            device (torch.device, optional): where the reduction runs. Default: the current CUDA
-                device for the NCCL backend, the CPU otherwise.
+        Every rank must call it; the evaluation loop gives each image to exactly one rank, so the sums
+        count every image once.
         """
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        if device is None:
-            nccl = dist.get_backend() == "nccl"
-            device = (
-                torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-            )
         flat = torch.cat(
             [self.hist.reshape(-1), torch.tensor([self.num_images], dtype=torch.int64)]
         )
-        flat = flat.to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat = flat.cpu()
+        flat = all_reduce_sum(flat)
         self.hist = flat[:-1].reshape(self.num_classes, self.num_classes).clone()
         self.num_images = int(flat[-1])
 

@@ -1,7 +1,11 @@
-"""WeCLIP model components (see docs/architecture.md, "weclip/models")."""
+"""Models: the registry (``model.type`` -> builder) and the library's models (docs/architecture.md).
+
+Importing this package registers the built-in models.
+"""
 
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone, build_clip_model
-from weclip.models.decoder import WeCLIPDecoder, build_decoder
+from weclip.models.decoder import WeCLIPDecoder
 from weclip.models.official_names import load_official_decoder_state
+from weclip.models.registry import build_model, register_model, registered_models
 from weclip.models.text_encoder import prompt_embeddings
 from weclip.models.weclip import WeCLIP, build_weclip

@@ -17,7 +17,6 @@ References:
     https://github.com/mlfoundations/open_clip
 """
 
-import contextlib
 import logging
 import os
 import warnings
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weclip.config import to_plain
+from weclip.utils.amp import autocast
 
 logger = logging.getLogger("weclip")
 
@@ -263,7 +263,7 @@ class FrozenCLIP(nn.Module):
     """Frozen CLIP ViT for WeCLIP: per-block features and attention maps, and the Grad-CAM head.
 
     The CLIP parameters never require grad, are never in an optimizer and stay in eval mode
-    (``train()`` is a no-op). Inputs are images already normalised as configured (``data.normalize``).
+    (``train()`` is a no-op). Inputs are images already normalised (the model's ``preprocess``).
 
     Arguments:
         clip_model (open_clip.CLIP): a CLIP with a ViT image tower of standard residual blocks.
@@ -319,11 +319,6 @@ class FrozenCLIP(nn.Module):
         """Patch grid of an H×W input; remainder pixels are dropped by the stride-p conv (spec §1.3)."""
         return height // self.patch_size, width // self.patch_size
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16" and device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         visual = self.clip.visual
         x = visual.conv1(images)  # (B, D, h, w)
@@ -366,7 +361,7 @@ class FrozenCLIP(nn.Module):
                 f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}"
             )
         feats, attns = [], []
-        with self._autocast(images.device):
+        with autocast(images.device, self.precision == "bf16"):
             x = self._embed(images)
             for block in self.clip.visual.transformer.resblocks[:-1]:
                 x, attn = self._block(block, x)
@@ -387,7 +382,7 @@ class FrozenCLIP(nn.Module):
             image_emb (torch.Tensor): BxE L2-normalised proj(mean over patch tokens of ln_post(tokens)).
         """
         block = self.clip.visual.transformer.resblocks[-1]
-        with torch.enable_grad(), self._autocast(x.device):
+        with torch.enable_grad(), autocast(x.device, self.precision == "bf16"):
             x = x.detach()
             act = block.ln_1(x).detach().requires_grad_(True)
             out, attn = self._block(block, x, act=act)

@@ -2,8 +2,7 @@
 
 References:
     - WeCLIP (CVPR 2024), the authors' ``SegFormerHead`` (``index=11``) and ``DecoderTransformer``,
-      described in ``../shared/spec/weclip-official.md`` §6 (this file is written from that
-      description).
+      described in docs/official_code.md §6 (this file is written from that description).
     - SegFormer's all-MLP fusion head (Xie et al., NeurIPS 2021), https://arxiv.org/abs/2105.15203.
 
 Layout (spec §6, App. B for a 320x320 crop):
@@ -15,13 +14,13 @@ Layout (spec §6, App. B for a 320x320 crop):
 """
 
 import logging
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WeCLIPDecoder", "build_decoder"]
+__all__ = ["WeCLIPDecoder"]
 
 logger = logging.getLogger("weclip")
 
@@ -250,43 +249,3 @@ class WeCLIPDecoder(nn.Module):
         """
         flat = fused.flatten(2)  # (B, E, n)
         return torch.sigmoid(flat.transpose(1, 2) @ flat)
-
-
-_DECODER_CFG_KEYS = ("embed_dim", "num_heads", "num_layers", "mlp_ratio", "dropout")
-
-
-def build_decoder(
-    decoder_cfg: Optional[Mapping[str, Any]], num_classes: int, in_dim: int, num_inputs: int
-) -> WeCLIPDecoder:
-    """Build the decoder from ``cfg.model.decoder``.
-
-    Args:
-        decoder_cfg (Mapping, optional): ``cfg.model.decoder`` with any of ``embed_dim``,
-            ``num_heads``, ``num_layers``, ``mlp_ratio``, ``dropout`` (missing keys take the
-            :class:`WeCLIPDecoder` defaults, which are the spec values). Unknown keys raise
-            ``KeyError``.
-        num_classes (int): C including background (``cfg.data.num_classes``).
-        in_dim (int): CLIP width D (``FrozenCLIP.width``).
-        num_inputs (int): number of CLIP block outputs, N-1 (``FrozenCLIP.num_blocks - 1``).
-
-    Returns:
-        WeCLIPDecoder
-    """
-    kwargs = dict(decoder_cfg or {})
-    unknown = sorted(set(kwargs) - set(_DECODER_CFG_KEYS))
-    if unknown:
-        raise KeyError(
-            f"Unknown key(s) in model.decoder config: {unknown}; known: {list(_DECODER_CFG_KEYS)}"
-        )
-    decoder = WeCLIPDecoder(in_dim=in_dim, num_inputs=num_inputs, num_classes=num_classes, **kwargs)
-    logger.info(
-        "Decoder: %d CLIP block outputs (D=%d) -> width %d, %d transformer layers, %d classes, "
-        "%s trainable parameters",
-        num_inputs,
-        in_dim,
-        decoder.embed_dim,
-        len(decoder.blocks),
-        num_classes,
-        f"{sum(p.numel() for p in decoder.parameters() if p.requires_grad):,}",
-    )
-    return decoder

@@ -1,24 +1,108 @@
 """WeCLIP: frozen CLIP + decoder + online pseudo-labels (Zhang et al., CVPR 2024; spec App. A).
 
-One forward (spec §8, "per-iteration order"): the frozen CLIP runs blocks 0..N-2 without a graph; the decoder
-fuses their outputs into F and predicts segmentation logits; A_f = σ(FᵀF); given the image-level labels, the
-pseudo-label engine computes Grad-CAMs on the last CLIP block, refines them (static CLIP-ES refinement or the
-RFM, which filters CLIP attention with the detached A_f) and turns them into pseudo-labels with PAR.
+The first implementation of the library's model interface (docs/architecture.md, "The model interface").
+Stages are labelled for ``torch.profiler`` ("model/clip_blocks", "model/decoder", the pipeline's
+"pseudo/*", "model/losses"). One forward (spec §8, "per-iteration order"): the image is normalised (``pixel_mean``/``pixel_std``, spec
+§1.2), the network sees it cropped to a multiple of the patch size (what the authors' stride-16 patch
+convolution keeps); the frozen CLIP runs blocks 0..N-2 without a graph; the decoder fuses their outputs into
+F and predicts segmentation logits; A_f = σ(FᵀF); given the image-level labels, the pseudo-label pipeline
+computes Grad-CAMs on the last CLIP block, refines them (static CLIP-ES refinement or the RFM, which filters
+CLIP attention with the detached A_f) and turns them into pseudo-labels with PAR, guided by the whole image.
 
-Reference: https://github.com/zbf1991/WeCLIP (the authors' code, described in the spec).
+Reference: https://github.com/zbf1991/WeCLIP (the authors' code, described in docs/official_code.md).
 """
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+import logging
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
+from weclip.errors import ConfigError
+from weclip.losses import total_loss
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone
-from weclip.models.decoder import WeCLIPDecoder, build_decoder
+from weclip.models.decoder import WeCLIPDecoder
+from weclip.models.official_names import load_official_decoder_state
+from weclip.models.registry import register_model
 from weclip.models.text_encoder import prompt_embeddings
-from weclip.refine.engine import PseudoLabelEngine, rfm_active
+from weclip.models.weclip_config import WeCLIPLossConfig, WeCLIPModelConfig
+from weclip.refine.pipeline import PseudoLabelPipeline, rfm_active
 
-__all__ = ["WeCLIP", "build_weclip"]
+__all__ = [
+    "MODES",
+    "PSEUDO_ROWS",
+    "FITS",
+    "WeCLIP",
+    "build_weclip",
+    "crop_to_patch_multiple",
+    "fit_to_patches",
+]
+
+logger = logging.getLogger("weclip")
+
+#: what ``forward`` computes: "predict" (decoder logits), "pseudo" (+ pseudo-labels), "loss" (+ losses)
+MODES = ("predict", "pseudo", "loss")
+#: the pseudo-label ablation rows (paper Table 4 style; ``tools/eval_pseudo.py``), row -> title
+PSEUDO_ROWS = {
+    "cam": "initial CAM",
+    "cam_par": "initial CAM + PAR",
+    "static": "static refinement",
+    "static_par": "static refinement + PAR",
+    "rfm": "RFM",
+    "rfm_par": "RFM + PAR (WeCLIP)",
+}
+#: how the network input becomes a multiple of the patch size: "crop" drops the bottom/right remainder (the
+#: authors' conv1), "resize" resizes bilinearly to the nearest multiples (at least one patch)
+FITS = ("crop", "resize")
+
+
+def crop_to_patch_multiple(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Drop the bottom rows and right columns beyond a multiple of ``patch_size`` (floor).
+
+    This is what a stride-``p`` patch embedding (``conv1``) does implicitly to an image of any size (spec
+    §1.3, "remainder pixels dropped"), made explicit so that every size reaches the network.
+
+    Args:
+        images (torch.Tensor): (..., H, W).
+        patch_size (int): p.
+
+    Returns:
+        torch.Tensor: (..., H//p·p, W//p·p), a view.
+    """
+    H, W = images.shape[-2:]
+    h, w = H // patch_size * patch_size, W // patch_size * patch_size
+    if h == 0 or w == 0:
+        raise ValueError(
+            f"an input of {H}x{W} pixels is smaller than one {patch_size}x{patch_size} patch"
+        )
+    return images[..., :h, :w]
+
+
+def fit_to_patches(images: torch.Tensor, patch_size: int, fit: str = "crop") -> torch.Tensor:
+    """Make H and W multiples of the patch size (see :data:`FITS`).
+
+    Args:
+        images (torch.Tensor): (B, C, H, W).
+        patch_size (int): p.
+        fit (str): "crop" or "resize".
+
+    Returns:
+        torch.Tensor: (B, C, H', W') with H', W' multiples of p.
+    """
+    if fit == "crop":
+        return crop_to_patch_multiple(images, patch_size)
+    if fit != "resize":
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    H, W = images.shape[-2:]
+    size = (
+        max(patch_size, round(H / patch_size) * patch_size),
+        max(patch_size, round(W / patch_size) * patch_size),
+    )
+    if size == (H, W):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 class WeCLIP(nn.Module):
@@ -27,10 +111,14 @@ class WeCLIP(nn.Module):
     Arguments:
         backbone (FrozenCLIP): the frozen CLIP (never trained, never in an optimizer).
         decoder (WeCLIPDecoder): the trainable fusion + transformer decoder.
-        engine (PseudoLabelEngine): Grad-CAM, refinement and PAR.
-        text_fg (torch.Tensor): (C-1)xE foreground prompt embeddings.
-        text_bg (torch.Tensor): NBxE background prompt embeddings.
+        pipeline (PseudoLabelPipeline): Grad-CAM, refinement and PAR.
+        text_fg (torch.Tensor): (C-1, E) foreground prompt embeddings.
+        text_bg (torch.Tensor): (NB, E) background prompt embeddings.
+        pixel_mean (Sequence[float]): per-channel mean on 0-255 RGB (``model.normalize``, spec §1.2).
+        pixel_std (Sequence[float]): per-channel std on 0-255 RGB.
         rfm_start_iter (int): first 1-indexed training iteration that uses the RFM (spec §4.2).
+        loss_cfg (Mapping): the validated ``loss`` section (weights, affinity radius, ignore index; spec §7).
+        class_names (Sequence[str], optional): C names, index = class id (for the API's outputs).
     """
 
     def __init__(
@@ -38,10 +126,14 @@ class WeCLIP(nn.Module):
         *,
         backbone: FrozenCLIP,
         decoder: WeCLIPDecoder,
-        engine: PseudoLabelEngine,
+        pipeline: PseudoLabelPipeline,
         text_fg: torch.Tensor,
         text_bg: torch.Tensor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
         rfm_start_iter: int,
+        loss_cfg: Mapping[str, Any],
+        class_names: Optional[Sequence[str]] = None,
     ) -> None:
         super().__init__()
         if text_fg.shape[0] + 1 != decoder.num_classes:
@@ -51,60 +143,121 @@ class WeCLIP(nn.Module):
             )
         self.backbone = backbone
         self.decoder = decoder
-        self.engine = engine
-        self.rfm_start_iter = rfm_start_iter
-        # Not persistent: rebuilt from the CLIP weights and the prompts, never saved in checkpoints (spec §2).
+        self.pipeline = pipeline
+        self.rfm_start_iter = int(rfm_start_iter)
+        self.loss_cfg = dict(loss_cfg)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        # Not persistent: rebuilt from the config (and the CLIP weights), never saved in checkpoints.
         self.register_buffer("text_fg", text_fg, persistent=False)
         self.register_buffer("text_bg", text_bg, persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean).float().view(3), persistent=False
+        )
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(3), persistent=False)
 
+    # ------------------------------------------------------------------ the model interface
     @property
     def num_classes(self) -> int:
+        """C, classes including background."""
         return self.decoder.num_classes
+
+    @property
+    def patch_size(self) -> int:
+        """The network input is cropped to a multiple of it."""
+        return self.backbone.patch_size
+
+    def trainable_module(self) -> nn.Module:
+        """The decoder: the only trained part, the ``model`` entry of checkpoints."""
+        return self.decoder
+
+    def load_official_state(self, state: Mapping[str, Any]) -> None:
+        """Load the decoder of a checkpoint saved by the authors' code (their whole-model state dict; CLIP
+        and PAR entries are ignored, spec §12.11; names mapped by ``weclip.models.official_names``)."""
+        load_official_decoder_state(self.decoder, state)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 or float 0-255 RGB -> (x - mean) / std, float32 (spec §1.2)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
+        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+
+    def encode(
+        self, images: torch.Tensor, fit: str = "crop"
+    ) -> Tuple[torch.Tensor, list, list, Tuple[int, int]]:
+        """Normalise and run the frozen CLIP on the patch-multiple view of the images (spec §1.3-§1.5).
+
+        Args:
+            images (torch.Tensor): (B, 3, H, W) 0-255 RGB.
+            fit (str): see :data:`FITS` ("crop" = what the authors' conv1 does).
+
+        Returns:
+            tuple: ``x`` (B, 3, H, W) the normalised whole images (PAR's guide), ``feats`` and ``attns``
+            (N-1 tensors each, ``FrozenCLIP.forward_blocks``), ``grid`` (h, w).
+        """
+        x = self.preprocess(images)
+        net_in = fit_to_patches(x, self.patch_size, fit)
+        feats, attns = self.backbone.forward_blocks(net_in)
+        return x, feats, attns, self.backbone.grid_size(net_in.shape[-2], net_in.shape[-1])
 
     def forward(
         self,
         images: torch.Tensor,
         cls_labels: Optional[torch.Tensor] = None,
+        *,
+        mode: str = "predict",
         iteration: Optional[int] = None,
         out_size: Optional[Tuple[int, int]] = None,
         valid: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """Segmentation logits, decoder affinity and (given labels) pseudo-labels.
+    ) -> Dict[str, Any]:
+        """Segmentation logits and, with image-level labels, pseudo-labels and losses.
 
         Arguments:
-            images (torch.Tensor): Bx3xHxW normalised images, H and W multiples of the patch size.
-            cls_labels (torch.Tensor, optional): Bx(C-1) multi-hot image-level labels. Without them only the
-                decoder runs (inference).
+            images (torch.Tensor): (B, 3, H, W) uint8 (or float 0-255) RGB, any size of at least one patch;
+                the network sees the top-left (H//p·p, W//p·p) block.
+            cls_labels (torch.Tensor, optional): (B, C-1) multi-hot image-level labels ("pseudo", "loss").
+            mode (str): "predict": the decoder only; "pseudo": also the pseudo-labels (validation mode:
+                the RFM unless ``iteration`` selects static refinement); "loss": a training step's forward
+                (``iteration`` required) with the losses.
             iteration (int, optional): 1-indexed training iteration; selects static refinement or the RFM
-                (``model.refine.rfm_start_iter``). None (validation, inference) always uses the RFM.
-            out_size (tuple, optional): (H_out, W_out) of the refined CAMs and pseudo-labels; default (H, W).
-            valid (torch.Tensor, optional): BxH_outxW_out bool, False on crop padding
-                (used when ``model.pseudo_label.ignore_padding`` is set).
+                (``model.refine.rfm_start_iter``). None = the RFM.
+            out_size (tuple, optional): (H_out, W_out) of the refined CAMs and pseudo-labels; default (H, W),
+                the input size (the crop in training, the mask size in validation).
+            valid (torch.Tensor, optional): (B, H_out, W_out) bool, False on crop padding (used with
+                ``model.pseudo_label.ignore_padding``).
 
         Returns:
-            dict: ``seg_logits`` BxCxhxw (1/p resolution, not upsampled), ``aff`` Bxnxn (σ(FᵀF), with grad),
-            and with ``cls_labels``: ``pseudo_labels`` BxH_outxW_out long, ``cams`` Pxhxw (initial CAMs),
-            ``cams_refined`` PxH_outxW_out, ``batch_index`` (P,), ``class_index`` (P,) foreground ids,
-            ``box_masks`` Pxhxw, ``use_rfm`` (bool tensor).
+            dict: ``seg_logits`` (B, C, h, w) (1/p of the network input, not upsampled); with "pseudo" and
+            "loss" also ``aff`` (B, n, n) σ(FᵀF) with grad, ``pseudo_labels`` (B, H_out, W_out) long,
+            ``cams`` (P, h, w), ``cams_refined`` (P, H_out, W_out), ``batch_index``/``class_index`` (P,)
+            (foreground ids), ``box_masks`` (P, h, w), ``use_rfm`` (bool); with "loss" also ``loss`` (the
+            scalar to back-propagate) and ``log`` ({"seg_loss", "aff_loss"}, detached scalars).
         """
-        feats, attns = self.backbone.forward_blocks(images)
-        grid = self.backbone.grid_size(images.shape[-2], images.shape[-1])
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        with record_function("model/clip_blocks"):
+            x, feats, attns, grid = self.encode(images)
 
         # Decoder on the features of blocks 0..N-2 (spec §6)
-        seg_logits, fused = self.decoder(feats, grid)
-        aff = self.decoder.affinity(fused)  # A_f, trained by the affinity loss (spec §4.1, §7.2)
-        out: Dict[str, torch.Tensor] = {"seg_logits": seg_logits, "aff": aff}
-        if cls_labels is None:
+        with record_function("model/decoder"):
+            seg_logits, fused = self.decoder(feats, grid)
+        out: Dict[str, Any] = {"seg_logits": seg_logits}
+        if mode == "predict":
             return out
+        if cls_labels is None:
+            raise ValueError(f"mode={mode!r} needs the image-level labels cls_labels")
+        if mode == "loss" and iteration is None:
+            raise ValueError("mode='loss' needs the 1-indexed training iteration")
+        aff = self.decoder.affinity(fused)  # A_f, trained by the affinity loss (spec §4.1, §7.2)
 
-        # Online pseudo-labels (spec §3-§5); the RFM uses a detached A_f
+        # Online pseudo-labels (spec §3-§5); the RFM uses a detached A_f; PAR is guided by the whole image
         use_rfm = rfm_active(iteration, self.rfm_start_iter)
-        pseudo = self.engine(
+        pseudo = self.pipeline(
             self.backbone,
-            images,
+            x,
             cls_labels,
             feats,
             attns,
+            grid,
             self.text_fg,
             self.text_bg,
             aff=aff.detach() if use_rfm else None,
@@ -112,44 +265,130 @@ class WeCLIP(nn.Module):
             out_size=out_size,
             valid=valid,
         )
-        out.update(pseudo)
-        out["use_rfm"] = torch.tensor(use_rfm)
+        out.update(pseudo, aff=aff, use_rfm=use_rfm)
+        if mode == "loss":
+            with record_function("model/losses"):
+                losses = total_loss(
+                    seg_logits.float(), aff.float(), pseudo["pseudo_labels"], **self.loss_cfg
+                )
+            out["loss"] = losses["loss"]
+            out["log"] = {k: losses[k].detach() for k in ("seg_loss", "aff_loss")}
         return out
 
+    # ------------------------------------------------------------------ ablation rows
+    @property
+    def pseudo_rows(self) -> Dict[str, str]:
+        """The pseudo-label ablation rows (row -> title) of :meth:`pseudo_label_scores`."""
+        return dict(PSEUDO_ROWS)
 
+    #: rows that need the trained decoder (its affinity A_f): skipped by tools/eval_pseudo.py without one
+    trained_rows = ("rfm", "rfm_par")
+
+    @torch.no_grad()
+    def pseudo_label_scores(
+        self,
+        images: torch.Tensor,
+        cls_labels: torch.Tensor,
+        rows: Sequence[str],
+        out_size: Tuple[int, int],
+        fit: str = "crop",
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The packed scores [bg; r_1..r_K] of every requested row (:data:`PSEUDO_ROWS`), at ``out_size``.
+
+        The same pipeline stages, in the same order, as :meth:`forward`: one Grad-CAM call, then per
+        refinement the transition matrix, box masks, propagation (or a plain resize for ``cam``); ``*_par``
+        rows pass the scores through PAR guided by the whole image. ``rfm_par`` is therefore exactly the
+        ``pseudo_labels`` of ``forward(mode="pseudo")`` (tested).
+
+        Args:
+            images (torch.Tensor): (B, 3, H, W) 0-255 RGB.
+            cls_labels (torch.Tensor): (B, C-1) multi-hot labels (from the label file).
+            rows (Sequence[str]): rows of :data:`PSEUDO_ROWS`.
+            out_size (Tuple[int, int]): (H_out, W_out), the mask size.
+            fit (str): see :data:`FITS`.
+
+        Returns:
+            Tuple[Dict[str, Tensor], Tensor]: row -> scores (B, 1+Kmax, H_out, W_out), and ``keys``
+            (B, 1+Kmax), the class id of each channel (255 for padding channels).
+        """
+        unknown = [r for r in rows if r not in PSEUDO_ROWS]
+        if unknown:
+            raise ValueError(
+                f"unknown pseudo-label row(s) {unknown}; known: {', '.join(PSEUDO_ROWS)}"
+            )
+        pipe = self.pipeline
+        x, feats, attns, grid = self.encode(images, fit)
+        cam = pipe.initial_cams(self.backbone, feats, grid, cls_labels, self.text_fg, self.text_bg)
+        refinements = {r[: -len("_par")] if r.endswith("_par") else r for r in rows}
+        refined: Dict[str, torch.Tensor] = {}
+        if "cam" in refinements:
+            refined["cam"] = pipe.resize(cam, out_size)  # spec §3 CAMs, bilinear to the mask size
+        if refinements & {"static", "rfm"}:
+            masks = pipe.boxes(cam)  # spec §4.5, shared by both refinements
+            aff = None
+            if "rfm" in refinements:  # the decoder affinity A_f of these images (spec §4.1)
+                _, fused = self.decoder(feats, grid)
+                aff = self.decoder.affinity(fused)
+            for kind in ("static", "rfm"):
+                if kind in refinements:
+                    trans = pipe.transition(attns, cam, kind, aff)
+                    refined[kind] = pipe.propagate(trans, cam, masks, out_size)
+        scores: Dict[str, torch.Tensor] = {}
+        keys = None
+        for kind, cams in refined.items():
+            packed, keys = pipe.scores(cams, cam, images.shape[0])
+            if kind in rows:
+                scores[kind] = packed
+            if kind + "_par" in rows:
+                scores[kind + "_par"] = pipe.refine_scores(x, packed)  # spec §5.1
+        assert keys is not None
+        return scores, keys
+
+
+@register_model("WeCLIP", model_schema=WeCLIPModelConfig, loss_schema=WeCLIPLossConfig)
 def build_weclip(cfg: Mapping[str, Any]) -> WeCLIP:
-    """Build WeCLIP from a full config (``model``, ``data`` sections), on CPU.
+    """Build WeCLIP from a validated config (``model``, ``loss``, ``data`` sections), on CPU.
 
     The prompt embeddings are computed once here: ``model.text.template`` formatted with
     ``data.prompt_class_names`` and ``data.prompt_bg_names`` (spec §2).
     """
     model_cfg, data_cfg = cfg["model"], cfg["data"]
     backbone = build_backbone(model_cfg["backbone"])
-    num_classes = int(data_cfg["num_classes"])
-    prompt_names = list(data_cfg["prompt_class_names"])
-    if len(prompt_names) != num_classes - 1:
-        raise ValueError(
-            f"data.prompt_class_names has {len(prompt_names)} names, expected data.num_classes - 1 = "
-            f"{num_classes - 1}"
-        )
     template = model_cfg["text"]["template"]
-    text_fg = prompt_embeddings(backbone, prompt_names, template)
+    text_fg = prompt_embeddings(backbone, list(data_cfg["prompt_class_names"]), template)
     text_bg = prompt_embeddings(backbone, list(data_cfg["prompt_bg_names"]), template)
     for key in ("static_layers", "rfm_layers"):
-        if not 1 <= int(model_cfg["refine"][key]) <= backbone.num_blocks:
-            raise ValueError(
-                f"model.refine.{key} = {model_cfg['refine'][key]} but the CLIP has {backbone.num_blocks} blocks "
-                "(attention maps available)"
+        if model_cfg["refine"][key] > backbone.num_blocks:
+            raise ConfigError(
+                f"config key 'model.refine.{key}' = {model_cfg['refine'][key]}: the CLIP has only "
+                f"{backbone.num_blocks} blocks (attention maps)"
             )
-    decoder = build_decoder(
-        model_cfg.get("decoder"), num_classes, backbone.width, backbone.num_blocks - 1
+    decoder = WeCLIPDecoder(
+        in_dim=backbone.width,
+        num_inputs=backbone.num_blocks - 1,
+        num_classes=int(data_cfg["num_classes"]),
+        **model_cfg["decoder"],
     )
-    engine = PseudoLabelEngine.from_config(model_cfg)
+    logger.info(
+        "Decoder: %d CLIP block outputs (D=%d) -> width %d, %d transformer layers, %d classes, "
+        "%s trainable parameters",
+        decoder.num_inputs,
+        decoder.in_dim,
+        decoder.embed_dim,
+        len(decoder.blocks),
+        decoder.num_classes,
+        f"{sum(p.numel() for p in decoder.parameters() if p.requires_grad):,}",
+    )
+    norm = model_cfg["norm_constants"][model_cfg["normalize"]]
     return WeCLIP(
         backbone=backbone,
         decoder=decoder,
-        engine=engine,
+        pipeline=PseudoLabelPipeline.from_config(model_cfg),
         text_fg=text_fg,
         text_bg=text_bg,
-        rfm_start_iter=int(model_cfg["refine"]["rfm_start_iter"]),
+        pixel_mean=norm["mean"],
+        pixel_std=norm["std"],
+        rfm_start_iter=model_cfg["refine"]["rfm_start_iter"],
+        loss_cfg=cfg["loss"],
+        class_names=data_cfg["class_names"],
     )

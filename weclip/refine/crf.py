@@ -11,7 +11,7 @@ sent to a worker is compact: the logits at the network's output resolution (e.g.
 512-long VOC image, ~64 KB in float32, ~1/190 of the full-resolution probabilities), the target
 size implied by the uint8 image, and the image itself. The worker upsamples and applies the
 softmax, so the full-resolution probabilities of the split are never held anywhere. Logits travel
-in float32 by default (the authors saved fp32 logits); ``logits_dtype="float16"`` halves them.
+in float32 (the authors saved fp32 logits).
 
 References: P. Krähenbühl and V. Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian
 Edge Potentials", NeurIPS 2011; pydensecrf (https://github.com/lucasb-eyer/pydensecrf).
@@ -51,23 +51,11 @@ def _import_densecrf() -> Any:
 
 
 def _crf_params(crf_cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """Check ``cfg.test.crf`` and return it as a plain, picklable dict."""
+    """``cfg.test.crf`` (validated by ``weclip.schema.CRFConfig``) as a plain, picklable dict."""
     missing = [k for k in CRF_KEYS if k not in crf_cfg]
-    unknown = [k for k in crf_cfg if k not in CRF_KEYS]
-    if missing or unknown:
-        raise KeyError(
-            f"bad CRF config (cfg.test.crf): missing keys {missing}, unknown keys {unknown}; "
-            f"expected exactly {list(CRF_KEYS)}"
-        )
-    params = {k: crf_cfg[k] for k in CRF_KEYS}
-    params["iter_max"] = int(params["iter_max"])
-    for k in CRF_KEYS[1:]:
-        params[k] = float(params[k])
-    if params["iter_max"] < 1 or not 0.0 < params["prob_clip"] <= 1.0:
-        raise ValueError(
-            f"bad CRF config: iter_max >= 1 and 0 < prob_clip <= 1 needed, got {params}"
-        )
-    return params
+    if missing:
+        raise KeyError(f"CRF parameters lack {missing} (cfg.test.crf, weclip.schema.CRFConfig)")
+    return {k: (int if k == "iter_max" else float)(crf_cfg[k]) for k in CRF_KEYS}
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -197,7 +185,6 @@ class CRFPool:
         num_workers (int): worker processes; 0 runs every job inline inside ``submit``.
         max_in_flight (int, optional): bound on submitted-but-unfinished jobs (memory bound);
             default ``2 * num_workers``.
-        logits_dtype (str): dtype the logits travel in, ``"float32"`` (default) or ``"float16"``.
         mp_context (str): multiprocessing start method; ``"spawn"`` (default) is safe when the
             parent holds CUDA state or threads.
     """
@@ -207,20 +194,16 @@ class CRFPool:
         crf_cfg: Mapping[str, Any],
         num_workers: int,
         max_in_flight: Optional[int] = None,
-        logits_dtype: str = "float32",
         mp_context: str = "spawn",
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if logits_dtype not in ("float32", "float16"):
-            raise ValueError(f"logits_dtype must be 'float32' or 'float16', got {logits_dtype!r}")
         self.params = _crf_params(crf_cfg)
         _import_densecrf()  # fail now, not inside a worker
         self.num_workers = int(num_workers)
         self.max_in_flight = int(max_in_flight or 2 * max(self.num_workers, 1))
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.logits_dtype = np.dtype(logits_dtype)
         self._pending: Deque[Tuple[str, cf.Future]] = collections.deque()
         self._ready: List[Tuple[str, np.ndarray]] = []
         self._executor: Optional[cf.ProcessPoolExecutor] = None
@@ -243,13 +226,13 @@ class CRFPool:
             name (str): image name, returned with the labels.
             image (np.ndarray | torch.Tensor): HxWx3 uint8 RGB, the original image.
             logits (np.ndarray | torch.Tensor): Cxhxw logits at the network's resolution (any
-                device); they are moved to the CPU as ``logits_dtype``.
+                device); they are moved to the CPU as float32.
         """
         image_np = _check_image(_to_numpy(image), name)
         logits_np = _to_numpy(logits)
         if logits_np.ndim != 3:
             raise ValueError(f"image '{name}': logits must be (C, h, w), got {logits_np.shape}")
-        logits_np = np.ascontiguousarray(logits_np, dtype=self.logits_dtype)
+        logits_np = np.ascontiguousarray(logits_np, dtype=np.float32)
         if self._executor is None:
             self._ready.append((name, crf_from_logits(image_np, logits_np, self.params)))
             return

@@ -13,19 +13,16 @@ maximal index; padding channels come after every real channel (the bg channel 0 
 the first maximum is always a real channel.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor
-
-from weclip.refine.par import PAR
 
 __all__ = [
     "IGNORE_INDEX",
     "background_score",
     "pack_scores",
     "scores_to_labels",
-    "make_pseudo_labels",
 ]
 
 IGNORE_INDEX = 255  # ignored pixels and keys of padding channels
@@ -105,45 +102,3 @@ def scores_to_labels(scores: Tensor, keys: Tensor) -> Tensor:
     # first maximal index on ties, as numpy/torch argmax in the authors' code
     channel = scores.argmax(dim=1)
     return torch.gather(keys, 1, channel.flatten(1)).view_as(channel)
-
-
-@torch.no_grad()
-def make_pseudo_labels(
-    images: Tensor,
-    cams: Tensor,
-    batch_index: Tensor,
-    class_index: Tensor,
-    par: PAR,
-    bg_power: float = 1.0,
-    valid: Optional[Tensor] = None,
-    ignore_padding: bool = False,
-) -> Tensor:
-    """Pseudo-labels of a batch: background score, PAR on the packed scores, argmax (spec §5).
-
-    Args:
-        images (Tensor): (B, 3, H', W') normalised images (PAR guidance; resized to (H, W) if
-            needed).
-        cams (Tensor): (P, H, W) refined CAMs.
-        batch_index (Tensor): (P,) image of each CAM.
-        class_index (Tensor): (P,) 0-based foreground id of each CAM.
-        par (PAR): the refinement module.
-        bg_power (float): background exponent (``cfg.model.pseudo_label.bg_power``).
-        valid (Tensor, optional): (B, H, W) bool, False on crop padding.
-        ignore_padding (bool): label pixels with ``valid == False`` as ``IGNORE_INDEX`` (off in the
-            authors' code, spec §5 step 5).
-
-    Returns:
-        Tensor: (B, H, W) long labels in {0} ∪ {present class ids} (∪ {255} with
-        ``ignore_padding``).
-    """
-    scores, keys = pack_scores(cams, batch_index, class_index, images.shape[0], bg_power)
-    labels = scores_to_labels(par(images, scores), keys)
-    if ignore_padding:
-        if valid is None:
-            raise ValueError("ignore_padding=True needs the `valid` mask of the crops")
-        if valid.shape != labels.shape:
-            raise ValueError(
-                f"valid mask {tuple(valid.shape)} must match the labels {tuple(labels.shape)}"
-            )
-        labels = labels.masked_fill(~valid.to(device=labels.device, dtype=torch.bool), IGNORE_INDEX)
-    return labels

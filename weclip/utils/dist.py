@@ -1,35 +1,26 @@
-"""Distributed helpers: torchrun initialisation and rank queries with safe answers when not distributed.
+"""Distributed set-up: join the torchrun process group and pick this process's device.
 
-``tools/dist_train.sh`` starts one process per GPU with ``torchrun``, which exports ``RANK``,
-``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them
-and joins the default process group (NCCL on GPU, gloo on CPU). Every query below answers as a single
-process (rank 0, world size 1) when torch.distributed is not initialised, so library code calls them
-unconditionally (the dinov2 ``distributed`` module has the same shape).
+``tools/dist_train.sh`` / ``tools/dist_test.sh`` start one process per GPU with ``torchrun``, which exports
+``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed`
+reads them, checks them (one clear error when a variable or a GPU is missing) and joins the default process
+group (NCCL on GPU, gloo on CPU). Rank queries and collectives are mmengine's (``mmengine.dist``: safe answers
+when not distributed, CPU tensors moved to the GPU for NCCL and back); :func:`all_reduce_sum` and
+:func:`cleanup` are the two small additions the library needs.
 """
 
 import dataclasses
 import datetime
 import logging
 import os
-from typing import Any, List, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+from mmengine import dist as mmdist
 
-__all__ = [
-    "DistInfo",
-    "init_distributed",
-    "is_dist_initialized",
-    "get_rank",
-    "get_local_rank",
-    "get_world_size",
-    "is_main_process",
-    "barrier",
-    "cleanup",
-    "all_gather_object",
-    "broadcast_object",
-    "all_reduce_sum",
-]
+from weclip.errors import UserInputError
+
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "cleanup"]
 
 logger = logging.getLogger("weclip")
 
@@ -44,7 +35,7 @@ class DistInfo:
         rank (int): global rank (0 .. world_size - 1).
         local_rank (int): rank on this node (the GPU index with ``--device cuda``).
         world_size (int): number of processes.
-        device (torch.device): the device this process trains on.
+        device (torch.device): the device this process runs on.
         backend (str, optional): "nccl" | "gloo", None when not distributed.
     """
 
@@ -59,62 +50,12 @@ class DistInfo:
         return self.backend is not None
 
 
-def is_dist_initialized() -> bool:
-    """Returns:
-    bool: True when the default process group exists.
-    """
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """Returns:
-    int: the global rank, 0 when not distributed.
-    """
-    return dist.get_rank() if is_dist_initialized() else 0
-
-
-def get_local_rank() -> int:
-    """Returns:
-    int: the rank on this node (``LOCAL_RANK`` from torchrun), 0 when not distributed.
-    """
-    return int(os.environ.get("LOCAL_RANK", 0)) if is_dist_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Returns:
-    int: the number of processes, 1 when not distributed.
-    """
-    return dist.get_world_size() if is_dist_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """Returns:
-    bool: True on rank 0 (and in a single process); it logs, writes checkpoints and TensorBoard.
-    """
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
-    if is_dist_initialized():
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
-
-def cleanup() -> None:
-    """Leave the process group (no-op when not distributed)."""
-    if is_dist_initialized():
-        dist.destroy_process_group()
-
-
 def _env_int(name: str) -> int:
     value = os.environ.get(name)
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise RuntimeError(
+        raise UserInputError(
             f"--launcher pytorch: environment variable {name}={value!r} is not an integer; start the "
             "processes with torchrun (tools/dist_train.sh)"
         ) from None
@@ -132,9 +73,9 @@ def init_distributed(launcher: str, device: str, timeout_minutes: int = 30) -> D
         DistInfo: rank, local rank, world size, device, backend.
     """
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise UserInputError(f"--device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise UserInputError(
             "--device cuda was asked for but CUDA is not available (use --device cpu)"
         )
     if launcher == "none":
@@ -145,24 +86,25 @@ def init_distributed(launcher: str, device: str, timeout_minutes: int = 30) -> D
         )
         return DistInfo(rank=0, local_rank=0, world_size=1, device=dev, backend=None)
     if launcher != "pytorch":
-        raise ValueError(f"launcher must be 'none' or 'pytorch', got {launcher!r}")
+        raise UserInputError(f"--launcher must be 'none' or 'pytorch', got {launcher!r}")
     missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
     if missing:
-        raise RuntimeError(
+        raise UserInputError(
             f"--launcher pytorch needs the torchrun environment variables {missing}; start with "
             "tools/dist_train.sh CONFIG GPUS (or torchrun ... tools/train.py CONFIG --launcher pytorch)"
         )
     rank, local_rank, world_size = _env_int("RANK"), _env_int("LOCAL_RANK"), _env_int("WORLD_SIZE")
     if device == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible on this node"
+            raise UserInputError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible on "
+                "this node"
             )
         torch.cuda.set_device(local_rank)
         dev, backend = torch.device("cuda", local_rank), "nccl"
     else:
         dev, backend = torch.device("cpu"), "gloo"
-    if not is_dist_initialized():
+    if not mmdist.is_distributed():
         kwargs: dict = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         if backend == "nccl":
             kwargs["device_id"] = (
@@ -177,48 +119,13 @@ def init_distributed(launcher: str, device: str, timeout_minutes: int = 30) -> D
     )
 
 
-def all_gather_object(obj: Any) -> List[Any]:
-    """Gather a picklable object from every rank.
-
-    Args:
-        obj (Any): this rank's object.
-
-    Returns:
-        List[Any]: one object per rank, in rank order (``[obj]`` when not distributed).
-    """
-    if not is_dist_initialized():
-        return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Send rank ``src``'s picklable object to every rank.
-
-    Args:
-        obj (Any): the object (only ``src``'s value matters).
-        src (int): sending rank.
-
-    Returns:
-        Any: ``src``'s object on every rank.
-    """
-    if not is_dist_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place and return it (unchanged when not distributed).
-
-    Args:
-        tensor (torch.Tensor): on this process's device (CUDA for NCCL).
-
-    Returns:
-        torch.Tensor: the same tensor, now holding the sum.
-    """
-    if is_dist_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    """Sum a tensor over ranks in place (any device; unchanged when not distributed) and return it."""
+    mmdist.all_reduce(tensor, op="sum")
     return tensor
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op when not distributed)."""
+    if mmdist.is_distributed():
+        dist.destroy_process_group()

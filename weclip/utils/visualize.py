@@ -13,14 +13,21 @@ import torch
 
 __all__ = [
     "voc_palette",
-    "denormalize",
     "colorize_labels",
     "blend",
     "label_overlay",
     "cam_heatmap",
     "cam_overlay",
     "hstack_panels",
+    "titled",
+    "upscale",
+    "stack_rows",
+    "TITLE_HEIGHT",
+    "GAP",
 ]
+
+TITLE_HEIGHT = 16  # pixels of the title strip above each panel
+GAP = 4  # white pixels between panels and between grid rows
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -51,26 +58,6 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     if num_colors == 256:
         palette[255] = 255  # ignore -> white
     return palette
-
-
-def denormalize(image: ArrayLike, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the input normalisation (spec §1.2) of one image.
-
-    Args:
-        image (Tensor | ndarray): 3xHxW, normalised as ``(x - mean) / std`` on 0-255 RGB.
-        mean (Sequence[float]): per-channel mean on 0-255.
-        std (Sequence[float]): per-channel std on 0-255.
-
-    Returns:
-        np.ndarray: HxWx3 uint8 RGB.
-    """
-    x = _numpy(image)
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"denormalize expects a 3xHxW image, got shape {x.shape}")
-    rgb = x.transpose(1, 2, 0) * np.asarray(std, dtype=np.float32) + np.asarray(
-        mean, dtype=np.float32
-    )
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def colorize_labels(labels: ArrayLike, palette: Optional[np.ndarray] = None) -> np.ndarray:
@@ -183,3 +170,46 @@ def hstack_panels(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
             parts.append(sep)
         parts.append(panel.astype(np.uint8))
     return np.concatenate(parts, axis=1)
+
+
+def titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """A panel with a white title strip of ``TITLE_HEIGHT`` pixels on top (text clipped to the width).
+
+    Args:
+        panel (np.ndarray): HxWx3 uint8.
+        title (str): text.
+
+    Returns:
+        np.ndarray: (TITLE_HEIGHT + H)xWx3 uint8.
+    """
+    strip = np.full((TITLE_HEIGHT, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(
+        strip,
+        title,
+        (2, TITLE_HEIGHT - 4),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.4,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    return np.concatenate([strip, panel], axis=0)
+
+
+def upscale(panel: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor (tiny images stay readable)."""
+    if factor <= 1:
+        return panel
+    return cv2.resize(panel, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
+def stack_rows(rows: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
+    """Rows of different widths one above the other, padded white on the right, ``gap`` white rows between."""
+    width = max(r.shape[1] for r in rows)
+    parts = []
+    for i, row in enumerate(rows):
+        if i:
+            parts.append(np.full((gap, width, 3), 255, dtype=np.uint8))
+        pad = np.full((row.shape[0], width - row.shape[1], 3), 255, dtype=np.uint8)
+        parts.append(np.concatenate([row, pad], axis=1))
+    return np.concatenate(parts, axis=0)

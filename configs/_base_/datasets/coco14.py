@@ -20,7 +20,8 @@ _prompted = {
     "remote": "remote control", "hair drier": "hairdrier,blowdrier",
 }
 data = dict(
-    type="coco",
+    name="COCO",  # dataset name in reports
+    type="coco",  # the VOC layout with train/ and val/ levels (weclip/data/coco.py)
     root="data/MSCOCO",  # holds JPEGImages/{train,val}/ and SegmentationClass/{train,val}/ (spec §10)
     split_dir="datasets/coco",
     label_file="cls_labels.txt",  # "<name> <id> <id> ..." with 0-based foreground ids (in split_dir)

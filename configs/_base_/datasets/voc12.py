@@ -1,7 +1,8 @@
 # PASCAL VOC 2012 + SBD (spec §2 class/background names, §10 layout).
 _base_ = ["./common.py"]
 data = dict(
-    type="voc",
+    name="VOC",  # dataset name in reports
+    type="folder",  # the VOC folder layout (weclip/data/dataset.py)
     root="data/VOCdevkit/VOC2012",  # relative to the working directory; holds JPEGImages/, SegmentationClassAug/
     split_dir="datasets/voc",  # split lists and the image-level label file written by tools/prepare_voc.py
     label_file="cls_labels.txt",  # "<name> <id> <id> ..." with 0-based foreground ids (in split_dir)

@@ -1,6 +1,15 @@
 # WeCLIP model: frozen CLIP ViT-B/16 + fusion/transformer decoder + pseudo-label engine.
 # Every constant cites the section of ../shared/spec/weclip-official.md ("spec") it comes from.
 model = dict(
+    type="WeCLIP",  # weclip/models/weclip.py (the model registry: weclip/models/registry.py)
+    # Image normalisation fed to CLIP, inside the model (spec §1.2, §11 row 8): the authors use ImageNet
+    # statistics on 0-255 RGB ("imagenet", faithful); "clip" uses CLIP's own constants (what CLIP was trained with).
+    normalize="imagenet",
+    norm_constants=dict(
+        imagenet=dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),  # spec §1.2
+        # CLIP's (0.48145466, 0.4578275, 0.40821073) / (0.26862954, 0.26130258, 0.27577711), x255
+        clip=dict(mean=(122.7709383, 116.7460125, 104.09373615), std=(68.5005327, 66.6321579, 70.3231804)),
+    ),
     backbone=dict(
         # open_clip architecture name, or a dict(embed_dim=..., vision_cfg=..., text_cfg=...) for custom
         # (tiny) models. OpenAI weights need QuickGELU (spec §1.1, environment.md).

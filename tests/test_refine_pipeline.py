@@ -1,4 +1,4 @@
-"""The pseudo-label engine end to end on a tiny random CLIP (spec §3-§5, §4.2 mode switch)."""
+"""The pseudo-label pipeline end to end on a tiny random CLIP (spec §3-§5, §4.2 mode switch)."""
 
 import os
 
@@ -8,11 +8,12 @@ import torch.nn.functional as F
 
 from weclip.cam.gradcam import gradcam
 from weclip.config import load_config
+from weclip.errors import ConfigError
 from weclip.refine.boxes import box_masks
-from weclip.refine.engine import PseudoLabelEngine, rfm_active
 from weclip.refine.par import PAR
+from weclip.refine.pipeline import PseudoLabelPipeline, rfm_active
 from weclip.refine.propagate import propagate_cams
-from weclip.refine.pseudo_label import make_pseudo_labels
+from weclip.refine.pseudo_label import pack_scores, scores_to_labels
 from weclip.refine.transition import (
     patch_attention,
     rfm_affinity,
@@ -37,11 +38,14 @@ def _batch(tiny_clip, seed=0, size=48):
     return images, cls_labels, feats, attns, text_fg, text_bg, aff
 
 
-def _engine(**kw):
+def _pipeline(**kw):
     # the tiny CLIP has 3 blocks -> 3 attention maps: static uses all 3, the RFM the last 2
     args = dict(static_layers=3, rfm_layers=2, par=PAR(num_iter=5))
     args.update(kw)
-    return PseudoLabelEngine(**args)
+    return PseudoLabelPipeline(**args)
+
+
+GRID = (6, 6)  # 48 px / 8 px patches
 
 
 def test_rfm_active_switch():
@@ -55,11 +59,20 @@ def test_rfm_active_switch():
 
 
 @pytest.mark.parametrize("use_rfm", [False, True])
-def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
+def test_pipeline_equals_per_image_composition(tiny_clip, use_rfm):
     images, cls_labels, feats, attns, text_fg, text_bg, aff = _batch(tiny_clip)
-    engine = _engine()
-    out = engine(
-        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=use_rfm
+    pipeline = _pipeline()
+    out = pipeline(
+        tiny_clip,
+        images,
+        cls_labels,
+        feats,
+        attns,
+        GRID,
+        text_fg,
+        text_bg,
+        aff=aff,
+        use_rfm=use_rfm,
     )
     assert out["cams"].shape == (6, 6, 6) and out["cams_refined"].shape == (6, 48, 48)
     assert out["batch_index"].tolist() == [0, 0, 0, 1, 2, 2]
@@ -83,11 +96,8 @@ def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
         # the propagated maps of this random tiny CLIP are nearly flat (spread ~1e-3), so the
         # min-max magnifies the ~1e-7 differences between batched and single-image matmuls by ~1e3
         torch.testing.assert_close(out["cams_refined"][sel], refined, atol=2e-4, rtol=0)
-        labels.append(
-            make_pseudo_labels(
-                images[i : i + 1], refined, cam.batch_index, cam.class_index, engine.par
-            )
-        )
+        scores, keys = pack_scores(refined, cam.batch_index, cam.class_index, 1)
+        labels.append(scores_to_labels(pipeline.par(images[i : i + 1], scores), keys))
     agreement = (out["pseudo_labels"] == torch.cat(labels)).float().mean().item()
     assert agreement > 0.999  # argmax ties could flip on float rounding; none expected here
     for i in range(3):
@@ -97,19 +107,28 @@ def test_engine_equals_per_image_composition(tiny_clip, use_rfm):
 
 def test_static_and_rfm_differ_and_rfm_needs_affinity(tiny_clip):
     images, cls_labels, feats, attns, text_fg, text_bg, aff = _batch(tiny_clip, seed=1)
-    engine = _engine()
-    static = engine(
-        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=False
+    pipeline = _pipeline()
+    static = pipeline(
+        tiny_clip, images, cls_labels, feats, attns, GRID, text_fg, text_bg, aff=aff, use_rfm=False
     )
-    rfm = engine(
-        tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=aff, use_rfm=True
+    rfm = pipeline(
+        tiny_clip, images, cls_labels, feats, attns, GRID, text_fg, text_bg, aff=aff, use_rfm=True
     )
     # the initial CAMs do not depend on the mode
     torch.testing.assert_close(static["cams"], rfm["cams"])
     assert not torch.allclose(static["cams_refined"], rfm["cams_refined"])
     with pytest.raises(ValueError, match="aff"):
-        engine(
-            tiny_clip, images, cls_labels, feats, attns, text_fg, text_bg, aff=None, use_rfm=True
+        pipeline(
+            tiny_clip,
+            images,
+            cls_labels,
+            feats,
+            attns,
+            GRID,
+            text_fg,
+            text_bg,
+            aff=None,
+            use_rfm=True,
         )
 
 
@@ -117,13 +136,14 @@ def test_output_size_and_ignore_padding(tiny_clip):
     images, cls_labels, feats, attns, text_fg, text_bg, aff = _batch(tiny_clip, seed=2)
     valid = torch.ones(3, 40, 56, dtype=torch.bool)
     valid[:, :, 50:] = False
-    engine = _engine(ignore_padding=True)
-    out = engine(
+    pipeline = _pipeline(ignore_padding=True)
+    out = pipeline(
         tiny_clip,
         images,
         cls_labels,
         feats,
         attns,
+        GRID,
         text_fg,
         text_bg,
         out_size=(40, 56),
@@ -137,17 +157,14 @@ def test_output_size_and_ignore_padding(tiny_clip):
 
 def test_from_config_reads_the_sections():
     cfg = load_config(CONFIG)
-    engine = PseudoLabelEngine.from_config(cfg.model)
-    assert engine.static_layers == cfg.model.refine.static_layers == 8
-    assert engine.rfm_layers == cfg.model.refine.rfm_layers
-    assert engine.box_threshold == cfg.model.refine.box_threshold
-    assert engine.cam_norm_passes == cfg.model.cam.cam_norm_passes
-    assert engine.par.num_iter == cfg.model.par.num_iter and engine.par.dilations == tuple(
+    pipeline = PseudoLabelPipeline.from_config(cfg.model)
+    assert pipeline.static_layers == cfg.model.refine.static_layers == 8
+    assert pipeline.rfm_layers == cfg.model.refine.rfm_layers
+    assert pipeline.box_threshold == cfg.model.refine.box_threshold
+    assert pipeline.cam_norm_passes == cfg.model.cam.cam_norm_passes
+    assert pipeline.par.num_iter == cfg.model.par.num_iter and pipeline.par.dilations == tuple(
         cfg.model.par.dilations
     )
-    bad = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-    bad["refine"] = dict(bad["refine"], box_treshold=0.5)
-    with pytest.raises(KeyError, match="box_treshold"):
-        PseudoLabelEngine.from_config(bad)
-    with pytest.raises(ValueError, match="box_mode"):
-        PseudoLabelEngine(box_mode="outer")
+    # a typo is refused once, when the config is loaded (the schema), not by every module
+    with pytest.raises(ConfigError, match="unknown config key 'model.refine.box_treshold'"):
+        load_config(CONFIG, {"model.refine": {"box_treshold": 0.5}})

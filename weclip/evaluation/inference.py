@@ -1,7 +1,8 @@
 """Multi-scale + flip inference (spec §9, the authors' ``test_msc_flip_voc.py``).
 
-Written over a callable ``logits_fn(images BxCinxHxW) -> logits BxCxhxw`` (for WeCLIP:
-``lambda x: model(x)["seg_logits"]``), so the merge can be tested on a toy model.
+Written over a callable ``logits_fn(images Bx3xHxW 0-255) -> logits BxCxhxw`` (for a model of the
+library: ``lambda x: model(x)["seg_logits"]``), so the merge can be tested on a toy model. The images
+are 0-255 RGB (float after a resize); the model normalises them.
 
 The authors' procedure, step by step (``msc_flip_inference``):
 
@@ -12,31 +13,30 @@ The authors' procedure, step by step (``msc_flip_inference``):
    s = 1.0), and [x, flip(x)] go through the network as one batch.
 3. Sizes that are not multiples of the patch size: the authors' ``conv1`` (16×16, stride 16) drops
    the remainder rows at the bottom and the remainder columns at the right (floor), so the network
-   only ever sees the top-left ``(H//p·p, W//p·p)`` block. ``crop_to_patch_multiple`` makes that
-   explicit, and it is applied *after* the flip, exactly like ``conv1`` on the flipped tensor:
-   the flipped branch therefore sees x[..., r:] (r = W mod p) mirrored, not x[..., :W−r].
+   only ever sees the top-left ``(H//p·p, W//p·p)`` block. The model does the same crop on whatever it
+   receives (the model interface), so the flipped input is cropped *after* the flip, exactly like
+   ``conv1`` on the flipped tensor: the flipped branch sees x[..., r:] (r = W mod p) mirrored.
 4. Flip average: s = (l(x) + flip(l(flip x))) / 2 (``flip=False``/``--no-flip``: s = l(x)).
    Non-reference scales are resized bilinearly to the reference scale's logit size *before* this
    average (the authors' order).
 5. Mean of the raw logits over the scales (no softmax before merging).
-6. Bilinear (align_corners=False) to the original image size → logits (or probabilities on
-   request) and argmax.
+6. Bilinear (align_corners=False) to the original image size → logits and argmax.
 """
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "InferenceOutput",
-    "crop_to_patch_multiple",
+    "fit_long_side",
     "flip_merged_logits",
     "msc_flip_inference",
     "multi_scale_logits",
-    "predict_from_cfg",
     "resize_long_side",
 ]
 
@@ -56,14 +56,12 @@ class InferenceOutput:
             (the authors' ``msc_segs``, what they save for DenseCRF).
         single_logits (torch.Tensor): BxCxhxw logits of the un-flipped input at the reference
             scale only (the authors' single-scale "segs" prediction).
-        probs (torch.Tensor, optional): BxCxHxW softmax of ``logits`` when requested.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     msc_logits: torch.Tensor
     single_logits: torch.Tensor
-    probs: Optional[torch.Tensor] = None
 
 
 def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
@@ -85,28 +83,6 @@ def resize_long_side(images: torch.Tensor, long_side: int) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
-def crop_to_patch_multiple(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Drop the bottom rows and right columns beyond a multiple of ``patch_size`` (floor).
-
-    This is what a stride-``p`` patch embedding (``conv1``) does implicitly (spec §1.3).
-
-    Args:
-        images (torch.Tensor): BxCxHxW.
-        patch_size (int): p.
-
-    Returns:
-        torch.Tensor: BxCx(H//p·p)x(W//p·p), a view.
-    """
-    H, W = images.shape[-2:]
-    h, w = H // patch_size * patch_size, W // patch_size * patch_size
-    if h == 0 or w == 0:
-        raise ValueError(
-            f"input of size {H}x{W} is smaller than one {patch_size}x{patch_size} patch "
-            "(image too small for this scale / resize_long)"
-        )
-    return images[..., :h, :w]
-
-
 def _run(logits_fn: LogitsFn, batch: torch.Tensor, expected_batch: int) -> torch.Tensor:
     logits = logits_fn(batch)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
@@ -122,17 +98,15 @@ def flip_merged_logits(
     logits_fn: LogitsFn,
     images: torch.Tensor,
     flip: bool,
-    patch_size: int,
     size: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits of one scale, flip-averaged (spec §9).
 
     Args:
-        logits_fn (Callable): BxCinxHxW → BxCxhxw.
-        images (torch.Tensor): BxCinxHxW input of this scale (not cropped; cropping to a multiple
-            of ``patch_size`` happens here, after the flip).
+        logits_fn (Callable): Bx3xHxW → BxCxhxw.
+        images (torch.Tensor): Bx3xHxW input of this scale (uncropped: the model crops what it gets to
+            a multiple of its patch size, so the flipped view is cropped after the flip, as conv1 does).
         flip (bool): average with the mirrored input's mirrored logits.
-        patch_size (int): p (1 = no cropping).
         size (Tuple[int, int], optional): resize the logits to this (h, w) (bilinear,
             align_corners=False) before the flip average; ``None`` keeps them.
 
@@ -141,9 +115,7 @@ def flip_merged_logits(
         logits (after the optional resize).
     """
     B = images.shape[0]
-    views = [crop_to_patch_multiple(images, patch_size)]
-    if flip:
-        views.append(crop_to_patch_multiple(images.flip(-1), patch_size))  # crop after the flip
+    views = [images, images.flip(-1)] if flip else [images]
     logits = _run(logits_fn, torch.cat(views, dim=0), len(views) * B)
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -154,20 +126,15 @@ def flip_merged_logits(
 
 
 def multi_scale_logits(
-    logits_fn: LogitsFn,
-    images: torch.Tensor,
-    scales: Sequence[float],
-    flip: bool,
-    patch_size: int,
+    logits_fn: LogitsFn, images: torch.Tensor, scales: Sequence[float], flip: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean over scales of the flip-averaged raw logits, at the reference scale's logit size.
 
     Args:
-        logits_fn (Callable): BxCinxHxW → BxCxhxw.
-        images (torch.Tensor): BxCinxHxW (already resized to the long side).
+        logits_fn (Callable): Bx3xHxW → BxCxhxw.
+        images (torch.Tensor): Bx3xHxW (already resized to the long side).
         scales (Sequence[float]): the first is the reference (its logit size is kept).
         flip (bool): flip averaging.
-        patch_size (int): p.
 
     Returns:
         Tuple[torch.Tensor, torch.Tensor]: ``msc_logits`` BxCxhxw and ``single_logits`` (the
@@ -182,13 +149,47 @@ def multi_scale_logits(
         x = images
         if float(s) != 1.0:
             x = F.interpolate(images, scale_factor=float(s), mode="bilinear", align_corners=False)
-        logits, plain = flip_merged_logits(logits_fn, x, flip, patch_size, size=ref_size)
+        logits, plain = flip_merged_logits(logits_fn, x, flip, size=ref_size)
         if ref_size is None:
             ref_size = (int(logits.shape[-2]), int(logits.shape[-1]))
             single = plain
         merged.append(logits)
     assert single is not None
     return torch.stack(merged, dim=0).mean(dim=0), single
+
+
+def fit_long_side(
+    size: Tuple[int, int], long_side: Optional[int], patch_size: int, min_scale: float = 1.0
+) -> Optional[int]:
+    """The long side to resize to so that the short side of every scaled view keeps one patch.
+
+    ``resize_long`` (512) brings extreme aspect ratios below one patch on the short side (a 2000x20 image
+    becomes 512x5): such an image is resized to the smallest long side that keeps ``patch_size`` pixels on
+    the short side of its smallest view instead (training accepts any image, so inference must too). For
+    every other image the answer is ``long_side`` itself, i.e. the authors' procedure.
+
+    Args:
+        size (Tuple[int, int]): (H, W) of the image.
+        long_side (int, optional): ``test.resize_long``; None keeps the size.
+        patch_size (int): the model's patch size.
+        min_scale (float): the smallest of ``test.scales`` (a view's side is floor(side * scale)).
+
+    Returns:
+        int | None: the long side to use.
+    """
+    short, long = min(size), max(size)
+
+    def keeps_a_patch(target: int) -> bool:
+        side = int(short * target / long)  # resize_long_side's truncation
+        return math.floor(side * min(min_scale, 1.0)) >= patch_size
+
+    target = long if long_side is None else int(long_side)
+    if keeps_a_patch(target):
+        return long_side
+    target = max(target, math.ceil(patch_size * long / (short * min(min_scale, 1.0))))
+    while not keeps_a_patch(target):
+        target += 1
+    return target
 
 
 def msc_flip_inference(
@@ -198,9 +199,7 @@ def msc_flip_inference(
     scales: Sequence[float] = (1.0,),
     flip: bool = True,
     resize_long: Optional[int] = 512,
-    patch_size: int = 16,
     out_size: Optional[Tuple[int, int]] = None,
-    return_probs: bool = False,
 ) -> InferenceOutput:
     """Multi-scale + flip prediction of a batch of same-sized images (spec §9).
 
@@ -208,68 +207,25 @@ def msc_flip_inference(
     must enable it itself (``torch.enable_grad()``).
 
     Args:
-        logits_fn (Callable): BxCinxHxW → BxCxhxw raw logits (for WeCLIP, the decoder's
-            ``seg_logits``).
-        images (torch.Tensor): BxCinxHxW normalised images at their original size.
+        logits_fn (Callable): Bx3xHxW → BxCxhxw raw logits (a model's ``seg_logits``).
+        images (torch.Tensor): Bx3xHxW 0-255 RGB images (uint8 or float) at their original size.
         scales (Sequence[float]): ``cfg.test.scales``; the first is the reference size.
         flip (bool): ``cfg.test.flip``.
-        resize_long (int, optional): ``cfg.test.resize_long``; ``None`` or 0 keeps the size.
-        patch_size (int): the backbone's patch size (remainders are dropped, see module doc).
+        resize_long (int, optional): ``cfg.test.resize_long``; ``None`` keeps the size.
         out_size (Tuple[int, int], optional): output (H, W); default the input's (H, W).
-        return_probs (bool): also return the softmax of the output logits.
 
     Returns:
         InferenceOutput: ``logits`` BxCxHxW, ``labels`` BxHxW, ``msc_logits``/``single_logits``
-        BxCxhxw, ``probs`` BxCxHxW or ``None``.
+        BxCxhxw.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be BxCxHxW, got shape {tuple(images.shape)}")
-    if patch_size < 1:
-        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
     if out_size is None:
         out_size = (int(images.shape[-2]), int(images.shape[-1]))
     with torch.no_grad():
-        x = resize_long_side(images, int(resize_long)) if resize_long else images
-        msc, single = multi_scale_logits(logits_fn, x, scales, flip, patch_size)
+        x = images.float()
+        x = resize_long_side(x, int(resize_long)) if resize_long else x
+        msc, single = multi_scale_logits(logits_fn, x, scales, flip)
         logits = F.interpolate(msc, size=tuple(out_size), mode="bilinear", align_corners=False)
         labels = logits.argmax(dim=1)
-        probs = torch.softmax(logits, dim=1) if return_probs else None
-    return InferenceOutput(
-        logits=logits, labels=labels, msc_logits=msc, single_logits=single, probs=probs
-    )
-
-
-def predict_from_cfg(
-    logits_fn: LogitsFn,
-    images: torch.Tensor,
-    test_cfg: Mapping[str, Any],
-    patch_size: int,
-    out_size: Optional[Tuple[int, int]] = None,
-    return_probs: bool = False,
-) -> InferenceOutput:
-    """``msc_flip_inference`` with ``scales``, ``flip`` and ``resize_long`` read from ``cfg.test``.
-
-    Args:
-        logits_fn (Callable): BxCinxHxW → BxCxhxw.
-        images (torch.Tensor): BxCinxHxW normalised images at their original size.
-        test_cfg (Mapping): ``cfg.test`` (``--no-flip`` sets ``test.flip=False``).
-        patch_size (int): the backbone's patch size.
-        out_size (Tuple[int, int], optional): output (H, W); default the input's.
-        return_probs (bool): also return probabilities.
-
-    Returns:
-        InferenceOutput: see ``msc_flip_inference``.
-    """
-    missing = [k for k in ("scales", "flip", "resize_long") if k not in test_cfg]
-    if missing:
-        raise KeyError(f"cfg.test lacks {missing} (see configs/_base_/default_runtime.py)")
-    return msc_flip_inference(
-        logits_fn,
-        images,
-        scales=tuple(float(s) for s in test_cfg["scales"]),
-        flip=bool(test_cfg["flip"]),
-        resize_long=test_cfg["resize_long"],
-        patch_size=patch_size,
-        out_size=out_size,
-        return_probs=return_probs,
-    )
+    return InferenceOutput(logits=logits, labels=labels, msc_logits=msc, single_logits=single)

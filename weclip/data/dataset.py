@@ -1,6 +1,7 @@
-"""PASCAL VOC 2012 (+SBD, ``train_aug``) dataset, used for every VOC-layout folder (spec §8, §10).
+"""A segmentation dataset in the PASCAL VOC folder layout: VOC 2012 (+SBD), the toy world, Oxford-IIIT Pet,
+and the base of COCO (spec §8, §10).
 
-Layout (``tools/prepare_voc.py`` writes the lists and the label file)::
+Layout (``tools/prepare_voc.py`` writes the lists and the label file; ``data.type = "folder"``)::
 
     <root>/<img_dir>/<name><img_suffix>        JPEGImages/2007_000032.jpg
     <root>/<mask_dir>/<name><mask_suffix>      SegmentationClassAug/2007_000032.png (0..C-1, 255)
@@ -11,18 +12,20 @@ Items:
 
 * training (``train=True``), indexed by ``(index, aug_seed)`` from ``InfiniteSampler``::
 
-      {"image": (3, S, S) float32 normalised, "cls_labels": (C-1,) float32 multi-hot,
+      {"image": (3, S, S) uint8 RGB, "cls_labels": (C-1,) float32 multi-hot,
        "name": str, "valid": (S, S) bool}
 
 * evaluation (``train=False``), indexed by ``int`` (or ``(index, seed)``, seed ignored); no
   augmentation::
 
-      {"image": (3, H, W) float32 normalised, "mask": (H, W) int64, "name": str}
+      {"image": (3, H, W) uint8 RGB, "mask": (H, W) int64, "name": str}
 
   without ``"mask"`` when ``with_mask=False`` (VOC test), plus ``"cls_labels"`` when
   ``with_labels=True``.
 
-Image-level labels come only from the label file (never from masks; spec §11 row 9).
+Images stay uint8 RGB: the model normalises them (its ``pixel_mean``/``pixel_std``), and the same tensor
+serves DenseCRF's bilateral term and overlays, so each image is read once. Image-level labels come only from
+the label file (never from masks; spec §11 row 9).
 """
 
 import logging
@@ -35,16 +38,17 @@ from torch.utils.data import Dataset
 
 from weclip.data.images import read_mask, read_rgb
 from weclip.data.labels import ids_to_multihot, read_label_file, read_split
-from weclip.data.transforms import augment, normalize, to_chw
+from weclip.data.transforms import augment, to_chw
+from weclip.errors import DataError, MissingFileError
 
-__all__ = ["VOCDataset"]
+__all__ = ["SegmentationDataset"]
 
 logger = logging.getLogger("weclip")
 
 Key = Union[int, Tuple[int, int]]
 
 
-class VOCDataset(Dataset):
+class SegmentationDataset(Dataset):
     """Image-level-labelled segmentation dataset in the VOC layout (see the module docstring).
 
     Args:
@@ -54,8 +58,6 @@ class VOCDataset(Dataset):
         label_file (str): label file name inside ``split_dir``.
         num_classes (int): C, including background.
         train (bool): training items (augmented crops) or evaluation items (full images).
-        mean (Sequence[float]): normalisation mean on 0-255 RGB (spec §1.2).
-        std (Sequence[float]): normalisation std on 0-255 RGB.
         crop_size (int): S (training only). Default: 320.
         scale_range (Sequence[float], optional): random rescale range (training only). Default:
             (0.5, 2.0).
@@ -80,8 +82,6 @@ class VOCDataset(Dataset):
         label_file: str,
         num_classes: int,
         train: bool,
-        mean: Sequence[float],
-        std: Sequence[float],
         crop_size: int = 320,
         scale_range: Optional[Sequence[float]] = (0.5, 2.0),
         flip_prob: float = 0.5,
@@ -99,8 +99,6 @@ class VOCDataset(Dataset):
         self.split = split
         self.num_classes = int(num_classes)
         self.train = bool(train)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
         self.crop_size = int(crop_size)
         self.scale_range = None if scale_range is None else tuple(float(v) for v in scale_range)
         self.flip_prob = float(flip_prob)
@@ -146,7 +144,7 @@ class VOCDataset(Dataset):
     def _labels_for_split(self, labels: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         missing = [n for n in self.names if n not in labels]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{len(missing)} name(s) of split list {self.split_file} are missing from "
                 f"label file {self.label_path} (first: {', '.join(missing[:5])})"
             )
@@ -172,7 +170,7 @@ class VOCDataset(Dataset):
         for kind, path_of in kinds:
             missing = [path_of(n) for n in self.names if not os.path.isfile(path_of(n))]
             if missing:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{len(missing)} {kind} file(s) of split list {self.split_file} not found "
                     f"(first: {', '.join(missing[:3])})"
                 )
@@ -210,7 +208,7 @@ class VOCDataset(Dataset):
             flip_prob=self.flip_prob,
         )
         return {
-            "image": torch.from_numpy(to_chw(normalize(crop, self.mean, self.std))),  # (3, S, S)
+            "image": torch.from_numpy(to_chw(crop)),  # (3, S, S) uint8
             "cls_labels": torch.from_numpy(
                 ids_to_multihot(self.labels[name], self.num_classes)
             ),  # (C-1,)
@@ -220,20 +218,20 @@ class VOCDataset(Dataset):
 
     def _eval_item(self, name: str, image: np.ndarray) -> Dict[str, Any]:
         item: Dict[str, Any] = {
-            "image": torch.from_numpy(to_chw(normalize(image, self.mean, self.std))),  # (3, H, W)
+            "image": torch.from_numpy(to_chw(image)),  # (3, H, W) uint8
             "name": name,
         }
         if self.with_mask:
             path = self.mask_path(name)
             mask = read_mask(path)  # (H, W) uint8
             if mask.shape != image.shape[:2]:
-                raise ValueError(
+                raise DataError(
                     f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
                     f"{self.image_path(name)} is {image.shape[1]}x{image.shape[0]}"
                 )
             bad = (mask >= self.num_classes) & (mask != self.ignore_index)
             if bad.any():
-                raise ValueError(
+                raise DataError(
                     f"Mask {path}: value {int(mask[bad][0])} is neither a class id "
                     f"0..{self.num_classes - 1} "
                     f"nor ignore ({self.ignore_index})"
