@@ -24,7 +24,9 @@ def toy(tmp_path_factory):
     work = str(base / "work")
     options = [f"data.root={root}", f"data.split_dir={root}", "train.max_iters=2", "train.eval_interval=0",
                "train.batch_size=2", "train.vis_interval=0"]  # fmt: skip
-    run_tool("train", [TOY_CONFIG, "--device", "cpu", "--work-dir", work, "--cfg-options", *options])
+    run_tool(
+        "train", [TOY_CONFIG, "--device", "cpu", "--work-dir", work, "--cfg-options", *options]
+    )
     return {"root": root, "ckpt": os.path.join(work, "checkpoints", "iter_2.pth")}
 
 
@@ -78,7 +80,9 @@ def test_images_of_every_kind_and_crf(toy, tmp_path):
 def test_segment_tool_on_a_folder(toy, tmp_path):
     folder = os.path.join(toy["root"], "JPEGImages")
     out = str(tmp_path / "seg")
-    proc = run_tool("segment", [folder, TOY_CONFIG, toy["ckpt"], "--device", "cpu", "--out-dir", out])
+    proc = run_tool(
+        "segment", [folder, TOY_CONFIG, toy["ckpt"], "--device", "cpu", "--out-dir", out]
+    )
     stems = sorted(os.path.splitext(f)[0] for f in os.listdir(folder))
     expected = sorted([s + ".png" for s in stems] + [s + "_overlay.png" for s in stems])
     assert sorted(os.listdir(out)) == expected and f"{len(stems)} image(s) -> {out}" in proc.stdout

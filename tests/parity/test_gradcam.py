@@ -52,7 +52,9 @@ def test_probabilities_from_recorded_block10(parity_model, official_step_static)
     absent = torch.ones(result.probs.shape[1], dtype=torch.bool)
     absent[columns] = False
     # exp(-inf) = 0 exactly (a difference of two float sums would only be zero up to rounding)
-    assert int(torch.count_nonzero(result.probs[0, absent])) == 0, "absent classes got probability mass"
+    assert int(torch.count_nonzero(result.probs[0, absent])) == 0, (
+        "absent classes got probability mass"
+    )
     ref = official_step_static["gradcam_probs_img0"]  # (2, 27)
     check_close(
         "Grad-CAM softmax probabilities (img0)", probs.expand(ref.shape[0], -1), ref, ATOL_PROBS
