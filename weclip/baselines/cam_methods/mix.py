@@ -472,10 +472,10 @@ def concentration_loss(
             )
         present = cls_labels > 0
     q = maps + eps
-    q = q / q.sum(dim=(2, 3), keepdim=True)
+    q = q / q.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12)  # an all-zero map (eps = 0) → q = 0
     ys = torch.arange(h, device=maps.device, dtype=maps.dtype) * (2.0 / h) - 1.0
     xs = torch.arange(w, device=maps.device, dtype=maps.dtype) * (2.0 / w) - 1.0
     my = (q.sum(dim=3) * ys).sum(dim=2, keepdim=True)  # (B, K, 1) centroid row coordinate
     mx = (q.sum(dim=2) * xs).sum(dim=2, keepdim=True)
     var = (q.sum(dim=3) * (ys - my) ** 2).sum(dim=2) + (q.sum(dim=2) * (xs - mx) ** 2).sum(dim=2)
-    return (var * present).sum() / b
+    return torch.where(present, var, torch.zeros_like(var)).sum() / b
