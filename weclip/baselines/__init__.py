@@ -1,0 +1,1 @@
+"""Baselines beside WeCLIP (issues 18-19)."""
