@@ -254,7 +254,7 @@ def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a DINOv2 state dict (found {type(obj).__name__})")
-    return dict(obj)
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 def describe_dinov2_state(state: Mapping[str, torch.Tensor]) -> str:
@@ -281,7 +281,6 @@ def _to_timm_layout(
     state: Dict[str, torch.Tensor], model: VisionTransformer, path: str
 ) -> Dict[str, torch.Tensor]:
     """Official or timm layout -> timm keys, through timm's own checkpoint filter."""
-    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     if "embeddings.patch_embeddings.projection.weight" in state:
         raise ValueError(
             f"{path} is a Hugging Face transformers Dinov2Model file, which is not supported; use "
@@ -294,10 +293,9 @@ def _to_timm_layout(
             f"(keys start with {sorted(state)[:4]})"
         )
     # The table must be stored for the model's grid (37x37); timm's filter would resample it
-    # silently, the official loader (strict load_state_dict) would refuse it.
-    has_cls_row = (
-        "mask_token" in state or "reg_token" not in state
-    )  # official files always have one
+    # silently, the official loader (strict load_state_dict) would refuse it. Official files always
+    # hold a CLS row; timm files only for the plain models.
+    has_cls_row = "mask_token" in state or "reg_token" not in state
     file_rows = state["pos_embed"].shape[-2] - int(has_cls_row)
     own_rows = model.pos_embed.shape[1] - (0 if model.no_embed_class else 1)
     if file_rows != own_rows:
