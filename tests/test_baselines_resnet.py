@@ -143,5 +143,25 @@ def test_weight_errors(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown ResNet arch"):
         ResNetTrunk("resnet7")
-    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+    with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16, 32\)"):
         ResNetTrunk("resnet18", output_stride=4)
+
+
+def test_without_stem_pool():
+    # no max-pool: layer1 at stride 2, so strides (2, 4, 8, 8) at output stride 8 (layer4
+    # dilated) and (2, 4, 8, 16) at 16; the state dict is unchanged (the pool has no weights)
+    small = ResNetTrunk("resnet18", output_stride=8, base_width=8, stem_pool=False)
+    assert small.stage_strides == (2, 4, 8, 8)
+    assert ResNetTrunk(
+        "resnet18", output_stride=16, base_width=8, stem_pool=False
+    ).stage_strides == (
+        2,
+        4,
+        8,
+        16,
+    )
+    assert small.state_dict().keys() == ResNetTrunk("resnet18", base_width=8).state_dict().keys()
+    # 64 x 64 input: conv1 -> 32, stages 32, 16, 8, 8
+    assert [f.shape[-1] for f in small(torch.randn(1, 3, 64, 64))] == [32, 16, 8, 8]
+    with pytest.raises(ValueError, match=r"one of \(4, 8, 16\) \(without the stem pool\)"):
+        ResNetTrunk("resnet18", output_stride=32, stem_pool=False)

@@ -368,6 +368,8 @@ class AffinityNet(nn.Module):
             paper's ResNet-38 (the affinity grid is layer2's, stride 8, in every case).
         base_width (int): trunk width (64 = torchvision).
         mid_channels, out_channels: see :class:`AffinityHead`.
+        stem_pool (bool): keep the trunk's stem max-pool (False for small images: the grid is
+            then at stride 4). Default: True.
     """
 
     def __init__(
@@ -378,9 +380,10 @@ class AffinityNet(nn.Module):
         base_width: int = 64,
         mid_channels: Sequence[int] = (64, 128, 256),
         out_channels: int = 448,
+        stem_pool: bool = True,
     ) -> None:
         super().__init__()
-        self.trunk = ResNetTrunk(arch, output_stride, True, base_width, weights)
+        self.trunk = ResNetTrunk(arch, output_stride, True, base_width, weights, stem_pool)
         self.head = AffinityHead(self.trunk.stage_channels[1:], mid_channels, out_channels)
         self.feature_stride = self.trunk.stage_strides[1]
 

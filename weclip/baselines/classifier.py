@@ -72,6 +72,7 @@ class CAMClassifier(nn.Module):
         dilate (bool): dilate the unstrided stages. Default: True.
         base_width (int): trunk width (64 = torchvision; smaller for CPU tests).
         head_bias (bool): give the 1x1 head a bias (its CAM then omits it). Default: False.
+        stem_pool (bool): keep the trunk's stem max-pool (False for small images). Default: True.
 
     Attributes:
         trunk (ResNetTrunk), head (nn.Conv2d (K, D, 1, 1)), num_classes, output_stride.
@@ -86,12 +87,13 @@ class CAMClassifier(nn.Module):
         dilate: bool = True,
         base_width: int = 64,
         head_bias: bool = False,
+        stem_pool: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes (foreground) must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
-        self.trunk = ResNetTrunk(arch, output_stride, dilate, base_width, weights)
+        self.trunk = ResNetTrunk(arch, output_stride, dilate, base_width, weights, stem_pool)
         self.output_stride = self.trunk.output_stride
         self.head = nn.Conv2d(self.trunk.out_channels, self.num_classes, 1, bias=head_bias)
         # a new layer: xavier-uniform, as AffinityNet's CAM network initialises its 1x1 classifier

@@ -15,6 +15,12 @@ Two additions that the CAM baselines need:
   2019, https://arxiv.org/abs/1904.05044, uses ``strides=(2, 2, 2, 1)`` without dilation).
 * **base width** (64 in torchvision): a narrower network of the same layout for CPU tests; the
   stage widths are ``base_width * (1, 2, 4, 8) * expansion``. ImageNet weights need 64.
+* **stem pool** (True in torchvision): ``stem_pool=False`` drops the 3x3 max-pool after ``conv1``
+  (it has no weights, so ImageNet weights still load), halving every stage's stride, the usual
+  change for small images: on the 64 px toy world a 20-35 px object shrinks to 5-9 px in
+  ``layer1`` with the pool, and a random-init ResNet-18 learns the toy shapes and localises them
+  much faster without it (measured, ``tests/test_baselines_learning.py``). Output strides are
+  then 4, 8 or 16.
 
 Inputs are ImageNet-normalised RGB (the model wrapper normalises, ``IMAGENET_MEAN`` / ``_STD`` on
 0-255 below); outputs are the four stage feature maps.
@@ -87,11 +93,13 @@ class ResNetTrunk(nn.Module):
 
     Args:
         arch (str): "resnet18", "resnet34", "resnet50" or "resnet101".
-        output_stride (int): 32, 16 or 8 (stride of the last feature map). Default: 16.
+        output_stride (int): stride of the last feature map: 32, 16 or 8 (4 more without the stem
+            pool: 16, 8 or 4). Default: 16.
         dilate (bool): dilate the unstrided stages (True) or only drop their stride. Default: True.
         base_width (int): width of ``conv1`` and ``layer1`` (64 = torchvision). Default: 64.
         weights (str): "random" or a local torchvision ImageNet state dict of the same arch (its
             ``fc.*`` is ignored). Never downloaded.
+        stem_pool (bool): keep the stem max-pool. Default: True.
 
     Attributes:
         stage_channels (Tuple[int, int, int, int]): channels of layer1..layer4.
@@ -106,14 +114,20 @@ class ResNetTrunk(nn.Module):
         dilate: bool = True,
         base_width: int = 64,
         weights: Optional[str] = "random",
+        stem_pool: bool = True,
     ) -> None:
         super().__init__()
         if arch not in RESNET_LAYOUTS:
             raise ValueError(
                 f"unknown ResNet arch {arch!r}; expected one of {sorted(RESNET_LAYOUTS)}"
             )
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        first = 4 if stem_pool else 2  # stride of layer1
+        allowed = (2 * first, 4 * first, 8 * first)
+        if output_stride not in allowed:
+            raise ValueError(
+                f"output_stride must be one of {allowed} "
+                f"({'with' if stem_pool else 'without'} the stem pool), got {output_stride}"
+            )
         if base_width < 1:
             raise ValueError(f"base_width must be positive, got {base_width}")
         block, layout = RESNET_LAYOUTS[arch]
@@ -123,7 +137,11 @@ class ResNetTrunk(nn.Module):
         self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stem_pool = bool(stem_pool)
+        # no weights: dropping it keeps the state dict (and ImageNet files) unchanged
+        self.maxpool = (
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem_pool else nn.Identity()
+        )
         planes = (w, 2 * w, 4 * w, 8 * w)
         strides = (1, 2, 2, 2)
         inplanes = w
@@ -139,9 +157,10 @@ class ResNetTrunk(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
         # unstrided stages: layer4 for stride 16, layer3 + layer4 for stride 8
-        unstrided = {32: (), 16: (4,), 8: (3, 4)}[self.output_stride]
+        removed = allowed[::-1].index(self.output_stride)  # strides to remove: 0, 1 or 2
+        unstrided = {0: (), 1: (4,), 2: (3, 4)}[removed]
         dilation = 1
-        stride = 4
+        stride = first
         stage_strides = []
         for index, stage in enumerate(stages, start=1):
             if index > 1 and index not in unstrided:
