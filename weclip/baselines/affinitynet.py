@@ -1,7 +1,7 @@
 """AffinityNet: pixel affinities learned from confident CAM regions, then a random walk.
 
 Ahn & Kwak, "Learning Pixel-level Semantic Affinity with Image-level Supervision for Weakly
-Supervised Semantic Segmentation", CVPR 2018, https://arxiv.org/abs/1803.10464 (Sec. 3.2-3.4;
+Supervised Semantic Segmentation", CVPR 2018, https://arxiv.org/abs/1803.10464 (the method section;
 their released code, github.com/jiwoon-ahn/psa, fixes the details noted below).
 
 1. **Confident regions** (:func:`confident_labels`): from normalised CAMs, the background score

@@ -9,9 +9,9 @@ AffinityNet, https://arxiv.org/abs/1803.10464, and IRN, https://arxiv.org/abs/19
   labels are masked to 0 first, so only present classes compete. Ties go to the background
   (``torch.argmax`` takes the first maximum): foreground needs M_k > t. IRN's default for
   evaluating CAMs is t = 0.15 (``cam_eval_thres``); the sweep picks it per model.
-* **Background by power** (AffinityNet, eq. 2 of the paper): M_bg = (1 - max_k M_k)^alpha.
+* **Background by power** (AffinityNet): M_bg = (1 - max_k M_k)^alpha.
   Foreground wins where m > (1 - m)^alpha, m = max_k M_k: alpha = 1 is t = 0.5, alpha = 4 is
-  t ~ 0.2755, alpha = 32 is t ~ 0.0670.
+  t ~ 0.2755, alpha = 16 is t ~ 0.1228, alpha = 32 is t ~ 0.0770.
 * **Multi-scale + flip**: raw (ReLU'd, unnormalised) CAMs of the image resized by each scale and
   of its mirror image (mirrored back) are upsampled bilinearly to one size, summed, and the sum is
   normalised by its per-map maximum (IRN's ``make_cam`` / AffinityNet's ``infer_cls``; scales

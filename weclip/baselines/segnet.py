@@ -196,7 +196,7 @@ def focal_loss(
     alpha: Optional[Sequence[float]] = None,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Focal loss, mean over the non-ignored pixels (Lin et al. 2017, eq. 5, multi-class form).
+    """Focal loss, mean over the non-ignored pixels (Lin et al. 2017, alpha-balanced form).
 
     FL = -alpha_t * (1 - p_t)**gamma * log p_t with p_t = softmax(logits)[label]. ``gamma = 2`` is
     the paper's default; ``alpha`` (per-class weights, default none = 1) is the paper's
