@@ -13,7 +13,7 @@ Weights: OpenAI's TorchScript archive ``ViT-B-16.pt`` (the authors' file), an op
 Nothing is downloaded unless ``allow_download`` is set.
 
 References:
-    https://github.com/zbf1991/WeCLIP (the authors' code, described in the spec)
+    https://github.com/zbf1991/WeCLIP (the authors' code, described in docs/official_code.md)
     https://github.com/mlfoundations/open_clip
 """
 

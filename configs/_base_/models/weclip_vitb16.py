@@ -1,5 +1,5 @@
 # WeCLIP model: frozen CLIP ViT-B/16 + fusion/transformer decoder + pseudo-label engine.
-# Every constant cites the section of ../shared/spec/weclip-official.md ("spec") it comes from.
+# Every constant cites the section of docs/official_code.md ("spec") it comes from.
 model = dict(
     type="WeCLIP",  # weclip/models/weclip.py (the model registry: weclip/models/registry.py)
     # Image normalisation fed to CLIP, inside the model (spec §1.2, §11 row 8): the authors use ImageNet

@@ -61,7 +61,7 @@ def rfm_plus_num_layers(dataset: str, clip_patch_size: int) -> int:
 
 
 def class_probabilities(seg_logits: Tensor) -> Tensor:
-    """Detached softmax over classes of the mean prediction, at the decoder grid (doc §4.3).
+    """Detached softmax over classes of the mean prediction, at the decoder grid (doc §4.2).
 
     Args:
         seg_logits (Tensor): (B, C, h, w), 0.5·seg_clip + 0.5·seg_dino.
@@ -73,7 +73,7 @@ def class_probabilities(seg_logits: Tensor) -> Tensor:
 
 
 def gate_cams(cams: Tensor, probs: Tensor, batch_index: Tensor, class_index: Tensor) -> Tensor:
-    """M_k ⊙ P[class k + 1]: each CAM times its class's probability map (doc §4.3).
+    """M_k ⊙ P[class k + 1]: each CAM times its class's probability map (doc §4.2).
 
     Args:
         cams (Tensor): (P, h, w) Grad-CAMs, one per (image, present class) pair.
@@ -132,7 +132,7 @@ def rfm_plus_refine(
     out_size: Optional[Tuple[int, int]] = None,
     norm_eps: float = 1e-7,
 ) -> Tuple[Tensor, Tensor]:
-    """Refined CAMs: propagate the gated CAMs with T inside the box masks (doc §4.3-4.4).
+    """Refined CAMs: propagate the gated CAMs with T inside the box masks (spec §4.3-4.4, doc §4.2).
 
     Args:
         trans (Tensor): (B, n, n) from :func:`rfm_plus_transition`.
