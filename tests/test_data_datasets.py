@@ -74,6 +74,24 @@ def test_train_item_contract_and_labels_from_label_file(voc):
     assert int(item["image"][:, ~item["valid"]].abs().max()) == 0
 
 
+def test_training_targets_from_train_mask_dir(voc):
+    # a mask-supervised model (second stage, fully supervised) trains on masks augmented with the image
+    voc["cfg"].train_mask_dir = "SegmentationClassAug"
+    ds = build_dataset(voc["cfg"], "train", train=True)
+    item = ds[(0, 1234)]
+    assert item["mask"].shape == (32, 32) and item["mask"].dtype == torch.int64
+    # the same key without targets gives the same crop (the target changes no random draw)
+    voc["cfg"].train_mask_dir = None
+    plain = build_dataset(voc["cfg"], "train", train=True)[(0, 1234)]
+    assert "mask" not in plain and torch.equal(plain["image"], item["image"])
+    assert set(item["mask"][~item["valid"]].unique().tolist()) <= {255}  # padding is ignored
+    assert set(item["mask"].unique().tolist()) <= {
+        0,
+        3,
+        255,
+    }  # img_a's mask holds classes 0, 3, 255
+
+
 def test_train_item_is_a_pure_function_of_the_key(voc):
     ds = build_dataset(voc["cfg"], "train", train=True)
     a, b, c = ds[(1, 77)], ds[(1, 77)], ds[(1, 78)]

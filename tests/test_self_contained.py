@@ -8,7 +8,16 @@ import re
 from helpers import REPO
 
 # where the product lives (tests may look for the team's fallback fixtures, see tests/parity/conftest.py)
-PRODUCT = ("weclip", "configs", "tools", "docs", "benchmarks", "README.md", "Makefile", "pyproject.toml")
+PRODUCT = (
+    "weclip",
+    "configs",
+    "tools",
+    "docs",
+    "benchmarks",
+    "README.md",
+    "Makefile",
+    "pyproject.toml",
+)
 TEXT_SUFFIXES = (".py", ".md", ".sh", ".toml", ".txt", ".yml", ".yaml", "Makefile")
 
 

@@ -237,6 +237,10 @@ class DataConfig:
     train_split: str = key(doc="split list of the training images")
     val_split: str = key(doc="default split of tools/infer.py")
     mask_free_splits: Tuple[str, ...] = key(("test",), doc="splits without masks (VOC test)")
+    train_mask_dir: Optional[str] = key(
+        None,
+        doc="training targets (pseudo-masks / GT) for mask-supervised models; None = image labels only",
+    )
     num_classes: int = key(doc="C, including background", ge=2)
     class_names: Tuple[str, ...] = key(doc="C names, index = class id (tables)")
     prompt_class_names: Tuple[str, ...] = key(doc="C-1 prompted foreground names (spec §2)")

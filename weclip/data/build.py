@@ -47,6 +47,7 @@ def build_dataset(
         img_suffix=data_cfg["img_suffix"],
         mask_suffix=data_cfg["mask_suffix"],
         with_mask=split not in tuple(data_cfg["mask_free_splits"]),
+        train_mask_dir=data_cfg["train_mask_dir"],
         with_labels=with_labels,
         ignore_index=data_cfg["ignore_index"],
     )

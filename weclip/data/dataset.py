@@ -67,6 +67,10 @@ class SegmentationDataset(Dataset):
         img_suffix (str): image file suffix. Default: ".jpg".
         mask_suffix (str): mask file suffix. Default: ".png".
         with_mask (bool): evaluation items carry the mask (False for VOC test). Default: True.
+        train_mask_dir (str, optional): training items also carry a ``mask`` target read from this folder
+            (under ``root`` unless absolute; ``<name><mask_suffix>``), augmented with the image: pseudo-masks
+            for a second-stage network, or the ground truth (``mask_dir``) for a fully supervised one. None
+            (WeCLIP's weak supervision): training never reads a mask.
         with_labels (bool, optional): load the label file; default True for training, False for
             evaluation.
         ignore_index (int): mask value of ignored pixels. Default: 255.
@@ -90,6 +94,7 @@ class SegmentationDataset(Dataset):
         img_suffix: str = ".jpg",
         mask_suffix: str = ".png",
         with_mask: bool = True,
+        train_mask_dir: Optional[str] = None,
         with_labels: Optional[bool] = None,
         ignore_index: int = 255,
         check_files: bool = True,
@@ -105,6 +110,7 @@ class SegmentationDataset(Dataset):
         self.img_dir, self.mask_dir = img_dir, mask_dir
         self.img_suffix, self.mask_suffix = img_suffix, mask_suffix
         self.with_mask = bool(with_mask) and not self.train
+        self.train_mask_dir = train_mask_dir if self.train else None
         self.with_labels = self.train if with_labels is None else bool(with_labels)
         if self.train and not self.with_labels:
             raise ValueError("training items need image-level labels (with_labels=True)")
@@ -140,6 +146,13 @@ class SegmentationDataset(Dataset):
         """Path of the mask of ``name``."""
         return os.path.join(self.root, self.mask_dir, name + self.mask_suffix)
 
+    def target_path(self, name: str) -> str:
+        """Path of the training target of ``name`` (``train_mask_dir``; the masks themselves when it is
+        ``mask_dir``)."""
+        if self.train_mask_dir == self.mask_dir:
+            return self.mask_path(name)
+        return os.path.join(self.root, self.train_mask_dir, name + self.mask_suffix)
+
     # ------------------------------------------------------------------ checks
     def _labels_for_split(self, labels: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         missing = [n for n in self.names if n not in labels]
@@ -164,8 +177,10 @@ class SegmentationDataset(Dataset):
         return {n: labels[n] for n in self.names}
 
     def _check_files(self) -> None:
-        kinds = [("image", self.image_path)] + (
-            [("mask", self.mask_path)] if self.with_mask else []
+        kinds = (
+            [("image", self.image_path)]
+            + ([("mask", self.mask_path)] if self.with_mask else [])
+            + ([("training mask", self.target_path)] if self.train_mask_dir else [])
         )
         for kind, path_of in kinds:
             missing = [path_of(n) for n in self.names if not os.path.isfile(path_of(n))]
@@ -200,14 +215,18 @@ class SegmentationDataset(Dataset):
         return self._eval_item(name, image)
 
     def _train_item(self, name: str, image: np.ndarray, rng: np.random.Generator) -> Dict[str, Any]:
-        crop, valid = augment(
+        target = (
+            self._read_mask(self.target_path(name), image, name) if self.train_mask_dir else None
+        )
+        crop, valid, target = augment(
             image,
             rng,
             crop_size=self.crop_size,
             scale_range=self.scale_range,
             flip_prob=self.flip_prob,
+            mask=target,
         )
-        return {
+        item = {
             "image": torch.from_numpy(to_chw(crop)),  # (3, S, S) uint8
             "cls_labels": torch.from_numpy(
                 ids_to_multihot(self.labels[name], self.num_classes)
@@ -215,6 +234,25 @@ class SegmentationDataset(Dataset):
             "name": name,
             "valid": torch.from_numpy(valid),  # (S, S) bool
         }
+        if target is not None:
+            item["mask"] = torch.from_numpy(target.astype(np.int64))  # (S, S), 255 on padding
+        return item
+
+    def _read_mask(self, path: str, image: np.ndarray, name: str) -> np.ndarray:
+        """A mask of the image's size whose values are class ids or ignore (file named otherwise)."""
+        mask = read_mask(path)  # (H, W) uint8
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
+                f"{self.image_path(name)} is {image.shape[1]}x{image.shape[0]}"
+            )
+        bad = (mask >= self.num_classes) & (mask != self.ignore_index)
+        if bad.any():
+            raise DataError(
+                f"Mask {path}: value {int(mask[bad][0])} is neither a class id "
+                f"0..{self.num_classes - 1} nor ignore ({self.ignore_index})"
+            )
+        return mask
 
     def _eval_item(self, name: str, image: np.ndarray) -> Dict[str, Any]:
         item: Dict[str, Any] = {
@@ -222,20 +260,7 @@ class SegmentationDataset(Dataset):
             "name": name,
         }
         if self.with_mask:
-            path = self.mask_path(name)
-            mask = read_mask(path)  # (H, W) uint8
-            if mask.shape != image.shape[:2]:
-                raise DataError(
-                    f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
-                    f"{self.image_path(name)} is {image.shape[1]}x{image.shape[0]}"
-                )
-            bad = (mask >= self.num_classes) & (mask != self.ignore_index)
-            if bad.any():
-                raise DataError(
-                    f"Mask {path}: value {int(mask[bad][0])} is neither a class id "
-                    f"0..{self.num_classes - 1} "
-                    f"nor ignore ({self.ignore_index})"
-                )
+            mask = self._read_mask(self.mask_path(name), image, name)
             item["mask"] = torch.from_numpy(mask.astype(np.int64))  # (H, W)
         if self.with_labels:
             item["cls_labels"] = torch.from_numpy(

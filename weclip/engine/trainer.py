@@ -321,7 +321,8 @@ class Trainer:
         """Forward with the model's losses, backward and optimiser/scheduler step for 1-indexed ``iteration``.
 
         Args:
-            batch (dict): ``image`` Bx3xSxS uint8, ``cls_labels`` Bx(C-1), ``valid`` BxSxS (per-rank batch).
+            batch (dict): ``image`` Bx3xSxS uint8, ``cls_labels`` Bx(C-1), ``valid`` BxSxS (per-rank batch)
+                and, with ``data.train_mask_dir``, ``mask`` BxSxS (passed to the model as ``targets``).
             iteration (int): 1-indexed; e.g. selects WeCLIP's static refinement or the RFM.
 
         Returns:
@@ -329,9 +330,13 @@ class Trainer:
         """
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_labels"].to(self.device, non_blocking=True)
-        valid = batch["valid"].to(self.device, non_blocking=True)  # crop padding (ignore_padding)
+        extra = {"valid": batch["valid"].to(self.device, non_blocking=True)}  # crop padding
+        if (
+            "mask" in batch
+        ):  # data.train_mask_dir: pseudo-masks / ground truth of a mask-supervised model
+            extra["targets"] = batch["mask"].to(self.device, non_blocking=True)
         with autocast(self.device, self.use_amp):
-            out = self.model(images, cls_labels, mode="loss", iteration=iteration, valid=valid)
+            out = self.model(images, cls_labels, mode="loss", iteration=iteration, **extra)
         self.optimizer.zero_grad(set_to_none=True)
         with record_function("train/backward"):
             out["loss"].backward()
