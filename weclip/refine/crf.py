@@ -1,6 +1,7 @@
 """DenseCRF post-processing of segmentation scores (spec §9, the authors' ``utils/dcrf.py``).
 
-The authors' ``crf_proc`` (present for VOC, commented out in their ``main``): multi-scale logits at
+The authors' ``crf_proc`` (commented out in ``test_msc_flip_voc.py``, run by ``test_msc_flip_seg.py``, the
+seg-only script that can predict VOC test, spec §9.1, §9.3): multi-scale logits at
 the network's output size → bilinear (align_corners=False) to the original image size → softmax →
 fully connected CRF with unary −log(clip(prob, 1e-5, 1)), a Gaussian pairwise term (sxy=3,
 compat=3) and a bilateral one on the uint8 RGB image (sxy=64, srgb=5, compat=4), 10 mean-field
