@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from weclip.refine.boxes import BOX_MODES, box_masks, component_box_masks, component_boxes, threshold_cams
+from weclip.refine.boxes import (
+    BOX_MODES,
+    box_masks,
+    component_box_masks,
+    component_boxes,
+    threshold_cams,
+)
 
 
 def _right_border_blob():
@@ -109,6 +115,8 @@ def test_torch_components_equal_opencv_on_random_maps():
             assert np.array_equal(ours.numpy(), ref), (density, mode)
     # a spiral: one component whose labels need many propagation steps (a long geodesic path)
     spiral = np.zeros((9, 9), dtype=bool)
-    spiral[0, :] = spiral[:, 8] = spiral[8, :] = spiral[2:, 0] = spiral[2, :7] = spiral[2:7, 6] = True
+    spiral[0, :] = spiral[:, 8] = spiral[8, :] = spiral[2:, 0] = spiral[2, :7] = spiral[2:7, 6] = (
+        True
+    )
     ours = component_box_masks(torch.from_numpy(spiral)[None], "inclusive")[0]
     assert ours.all()  # one component spanning the whole map

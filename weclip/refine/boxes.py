@@ -120,7 +120,9 @@ def component_box_masks(binary: Tensor, mode: str = "official", check_every: int
     x1 = small.scatter_reduce(1, labels, cols, "amax") + 1
     lim_x, lim_y = (w - 1, h - 1) if mode == "official" else (w, h)
     x1, y1 = x1.clamp(max=lim_x), y1.clamp(max=lim_y)
-    valid = (y0 < n) & (y1 > y0) & (x1 > x0)  # labels that occur and keep a non-empty box after clipping
+    valid = (
+        (y0 < n) & (y1 > y0) & (x1 > x0)
+    )  # labels that occur and keep a non-empty box after clipping
     valid[:, 0] = False  # label 0 is the background
     # paint the boxes with a 2-D difference array: +1 at (y0, x0) and (y1, x1), -1 at (y0, x1) and (y1, x0);
     # its 2-D prefix sum counts the boxes covering each pixel
