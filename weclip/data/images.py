@@ -74,7 +74,7 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         path (str): used in error messages only.
 
     Returns:
-        np.ndarray: (H, W, 3) uint8, C-contiguous.
+        np.ndarray: (H, W, 3) uint8, C-contiguous, writable.
     """
     mode = image.mode
     if mode == "RGB":
@@ -99,7 +99,10 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         raise DataError(
             f"{path}: conversion gave shape {array.shape} {array.dtype}, expected (H, W, 3) uint8"
         )
-    return np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array)
+    # np.asarray(PIL image) is a read-only view; a writable copy keeps torch.from_numpy of any view of
+    # it defined (a 1x1 image's (3, H, W) transpose is the same buffer)
+    return array if array.flags.writeable else array.copy()
 
 
 def _open_fully(path: PathLike, what: str) -> Image.Image:
