@@ -1122,7 +1122,9 @@ def _(w, d):
 @case("demo/unknown-option")
 def _(w, d):
     return Case(
-        "demo", ["--cfg-options", "train.nope=1", "--work-dir", str(d / "demo")],
+        "demo",
+        [os.path.join(REPO, "configs", "toy.py"), "--cfg-options", "train.nope=1", "--work-dir",
+         str(d / "demo")],
         ["unknown config key 'train.nope'"], [d / "demo"],
     )  # fmt: skip
 
