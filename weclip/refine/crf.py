@@ -28,7 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CRF_KEYS", "dense_crf", "logits_to_probs", "crf_from_logits", "CRFPool"]
+from weclip.errors import UserInputError
+
+__all__ = [
+    "CRF_KEYS",
+    "CRFUnavailableError",
+    "dense_crf",
+    "logits_to_probs",
+    "crf_from_logits",
+    "CRFPool",
+]
 
 logger = logging.getLogger("weclip")
 
@@ -38,12 +47,17 @@ CRF_KEYS = ("iter_max", "pos_xy_std", "pos_w", "bi_xy_std", "bi_rgb_std", "bi_w"
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
+class CRFUnavailableError(UserInputError, ImportError):
+    """``--crf`` was asked for but ``pydensecrf`` is not installed (a user error: one ``error:`` line
+    from the tools, and still an ``ImportError`` for library callers)."""
+
+
 def _import_densecrf() -> Any:
     """Import ``pydensecrf.densecrf`` lazily, with an install hint when it is missing."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as err:
-        raise ImportError(
+        raise CRFUnavailableError(
             "DenseCRF post-processing needs the `pydensecrf` module, which is not installed. "
             "Install the maintained fork with `pip install pydensecrf2` (it builds on recent "
             "Python versions and provides `pydensecrf`), or run without --crf."
