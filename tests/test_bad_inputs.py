@@ -18,9 +18,6 @@ of them always, the others marked slow). Each must give
 The odd-but-valid part runs infer / eval_pseudo / train (with validation) / segment / the training
 dataset / prepare_voc on images and list files a user may well have: 16-bit, CMYK, palette, RGBA,
 EXIF-rotated, 1x1, 2000x20, lists with a UTF-8 BOM, CRLF and trailing spaces.
-
-Known defects in files outside this change are strict xfails (``KNOWN``, ``_ONE_PIXEL_KNOWN``), each
-naming the place and the fix: fixing them turns the marker into a failure that asks for its removal.
 """
 
 import codecs
@@ -290,18 +287,13 @@ class Case:
 
 CASES: Dict[str, Callable] = {}
 SUBPROCESS = set()  # cases that also run as a real subprocess (one per tool)
-# known defects outside this test's reach (files of other owners): case -> (reason, exception it raises
-# now); strict, so the fix turns them into failures that ask for the marker's removal
-KNOWN: Dict[str, tuple] = {}
 
 
-def case(name: str, subprocess: bool = False, known: Optional[tuple] = None):
+def case(name: str, subprocess: bool = False):
     def register(fn):
         CASES[name] = fn
         if subprocess:
             SUBPROCESS.add(name)
-        if known is not None:
-            KNOWN[name] = known
         return fn
 
     return register
@@ -311,9 +303,6 @@ def case_params(names, slow: Sequence[str] = ()) -> list:
     params = []
     for n in sorted(names):
         marks = [pytest.mark.slow] if n in slow else []
-        if n in KNOWN:
-            reason, raises = KNOWN[n]
-            marks.append(pytest.mark.xfail(strict=True, reason=reason, raises=raises))
         params.append(pytest.param(n, marks=marks, id=n))
     return params
 
@@ -762,15 +751,7 @@ def _(w, d):
     )  # fmt: skip
 
 
-@case(
-    "train/corrupt-image-in-a-loader-worker",
-    known=(
-        "issue 15: a DataError raised in a DataLoader worker comes back with the worker's traceback "
-        "in its message (torch's ExceptionWrapper); weclip/utils/cli.py _one_line should keep the "
-        "original message only (fix in the report)",
-        AssertionError,
-    ),
-)
+@case("train/corrupt-image-in-a-loader-worker")
 def _(w, d):
     root, config = clone_synth(w, d)
     path = root / "JPEGImages" / "img_002.png"
@@ -990,14 +971,7 @@ def _(w, d):
     )  # fmt: skip
 
 
-@case(
-    "visualize/list-file-not-utf8",
-    known=(
-        "issue 15: tools/visualize.py read_names opens --list without catching UnicodeDecodeError "
-        "(fix in the report: weclip.data.labels.read_text_lines)",
-        UnicodeDecodeError,
-    ),
-)
+@case("visualize/list-file-not-utf8")
 def _(w, d):
     (d / "names.txt").write_bytes(b"img_000\nimg_\xe9\n")
     return Case(
@@ -1318,20 +1292,9 @@ def test_odd_images_segment(world, odd_world, tmp_path, capsys):
         assert (tmp_path / "seg" / f"{name}_overlay.png").is_file()
 
 
-_ONE_PIXEL_KNOWN = pytest.param(
-    True,
-    marks=pytest.mark.xfail(
-        strict=True,
-        raises=ValueError,
-        reason="issue 15: WeCLIP's pseudo mode crops to the patch grid and a 1x1 image keeps no "
-        "patch (weclip/models/weclip.py crop_to_patch_multiple, a traceback); fix for the lead in "
-        "the report: pad to one patch, as inference's fit_long_side keeps one",
-    ),
-    id="with-1x1",
+@pytest.mark.parametrize(
+    "one_pixel", [pytest.param(False, id="without-1x1"), pytest.param(True, id="with-1x1")]
 )
-
-
-@pytest.mark.parametrize("one_pixel", [pytest.param(False, id="without-1x1"), _ONE_PIXEL_KNOWN])
 def test_odd_images_eval_pseudo(world, odd_world, tmp_path, capsys, one_pixel):
     """eval_pseudo scores the pseudo-labels of every odd image (the 2000x20 one included)."""
     names = [n for n in odd_world["images"] if one_pixel or n != "one_pixel"]
@@ -1348,7 +1311,9 @@ def test_odd_images_eval_pseudo(world, odd_world, tmp_path, capsys, one_pixel):
     assert payload["num_images"] == len(names)
 
 
-@pytest.mark.parametrize("one_pixel", [pytest.param(False, id="without-1x1"), _ONE_PIXEL_KNOWN])
+@pytest.mark.parametrize(
+    "one_pixel", [pytest.param(False, id="without-1x1"), pytest.param(True, id="with-1x1")]
+)
 def test_odd_images_train_and_validate(odd_world, tmp_path, capsys, one_pixel):
     """tools/train.py trains on the odd images and validates on them (the 2000x20 one included)."""
     names = [n for n in odd_world["images"] if one_pixel or n != "one_pixel"]
