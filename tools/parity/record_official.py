@@ -136,6 +136,23 @@ def _image_stage_arrays(step: Mapping[str, Any], b: int, suffix: str) -> Dict[st
     }
 
 
+def _pair_arrays(step: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """Initial and refined CAMs of every (image, present class) pair of the batch, image-major,
+    class ids ascending (the order of our ``batch_index`` / ``class_index``)."""
+    cams, initial, batch, classes = [], [], [], []
+    for b, rec in enumerate(step["images"]):
+        cams.append(_f32(rec["cams_refined"]))
+        initial.append(_f32(np.stack(rec["gradcam_cams"])))
+        batch += [b] * len(rec["label_ids"])
+        classes += rec["label_ids"].tolist()
+    return {
+        "cams_all": np.concatenate(initial),
+        "cams_refined_all": np.concatenate(cams),
+        "pair_batch_index": np.asarray(batch, dtype=np.int64),
+        "pair_class_index": np.asarray(classes, dtype=np.int64),
+    }
+
+
 def _step_arrays(
     harness: OfficialWeCLIP, step: Mapping[str, Any], inputs: np.ndarray, labels: np.ndarray
 ) -> Dict[str, np.ndarray]:
@@ -198,13 +215,19 @@ class Recorder:
                     harness.validation_forward(image, scene.mask)
             finally:
                 hook.remove()
-            mean = torch.cat([f[0].flatten(1) for f in feats], dim=1).double().mean(dim=1)
-            state = harness.decoder_state()
-            weight = state["decoder.linear_pred.weight"][:, :, 0, 0].double()
-            state["decoder.linear_pred.bias"] = (-(weight @ mean)).float()
-            harness.load_decoder_state(state)
+            self._image_means = [f[0].flatten(1).double().mean(dim=1) for f in feats]
+            self._shared_mean = torch.cat([f[0].flatten(1) for f in feats], dim=1).double().mean(1)
+            self.centre_classifier(harness, self._shared_mean)
             self._eval_harness = harness
         return self._eval_harness
+
+    @staticmethod
+    def centre_classifier(harness: OfficialWeCLIP, mean: torch.Tensor) -> None:
+        """Set the classifier bias to ``-W @ mean`` (logits centred per class on ``mean``)."""
+        state = harness.decoder_state()
+        weight = state["decoder.linear_pred.weight"][:, :, 0, 0].double()
+        state["decoder.linear_pred.bias"] = (-(weight @ mean)).float()
+        harness.load_decoder_state(state)
 
     def eval_decoder_arrays(self, harness: OfficialWeCLIP) -> Dict[str, np.ndarray]:
         state = harness.decoder_state()
@@ -259,6 +282,7 @@ class Recorder:
             "img_names": np.array([f"scene_{i:03d}" for i in range(4)]),
             **_step_arrays(harness, step, inputs, labels),
             **_image_stage_arrays(step, 0, "_img0"),
+            **_pair_arrays(step),
         }
         arrays.update({f"decoder_init.{k}": v.numpy() for k, v in init.items()})
         arrays["meta_json"] = np.array(
@@ -290,6 +314,7 @@ class Recorder:
             "images_uint8": images,
             **_step_arrays(harness, step, inputs, labels),
             **_image_stage_arrays(step, 0, "_img0"),
+            **_pair_arrays(step),
             "rfm_diff": np.stack([_f32(r["rfm_diff"]) for r in recs]),
             "rfm_diff_mean": np.stack([_f32(r["rfm_diff_mean"]) for r in recs]),
             "rfm_keep": np.stack([r["rfm_keep"] for r in recs]).astype(bool),
@@ -336,7 +361,7 @@ class Recorder:
         for s, start in ((1, 8), (2, 12)):
             images, labels, inputs = self.batch(start)
             step = harness.train_step(
-                inputs_t(inputs), labels_t(labels), iteration=s, return_grads=True
+                inputs_t(inputs), labels_t(labels), iteration=s, return_grads=True, trace=True
             )
             weights = harness.decoder_state()
             p = f"step{s}_"
@@ -347,12 +372,17 @@ class Recorder:
                     p + "dropout_keep": step["dropout_keep"].numpy().astype(bool),
                     p + "pseudo_label": step["pseudo_labels"].numpy().astype(np.uint8),
                     p + "seg_logits": _f32(step["seg_logits"]),
+                    p + "attn_pred": _f32(step["attn_pred"]),
+                    p + "aff_label": step["aff_label"].numpy().astype(np.uint8),
+                    p + "aff_pos_count": np.asarray(int(step["aff_pos_count"]), dtype=np.int64),
+                    p + "aff_neg_count": np.asarray(int(step["aff_neg_count"]), dtype=np.int64),
                     p + "seg_loss": _f32(step["seg_loss"]),
                     p + "aff_loss": _f32(step["aff_loss"]),
                     p + "loss": _f32(step["loss"]),
                     p + "lr": np.asarray(step["lr"], dtype=np.float64),
                     p + "grad_stats": _stats(step["grads"], names),
                     p + "weight_stats": _stats(weights, names),
+                    **{p + k: v for k, v in _pair_arrays(step).items()},
                 }
             )
             for name in FULL_TENSORS:
@@ -382,21 +412,23 @@ class Recorder:
 
     def eval_scenes(self) -> List[Any]:
         return [
-            synthetic_scene(self.args.scene_seed, 100 + i, h, w, ignore_band=2)
+            synthetic_scene(self.args.scene_seed, 100 + i, h, w, num_objects=2, ignore_band=2)
             for i, (h, w) in enumerate(EVAL_SIZES)
         ]
 
     def inference(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         harness = self.eval_harness()
         arrays: Dict[str, np.ndarray] = {
-            **self.eval_decoder_arrays(harness),
             "scales": np.asarray([1.0, 0.75]),
             "resize_long": np.asarray(512, dtype=np.int64),
         }
         for i, scene in enumerate(self.eval_scenes()):
             image = torch.from_numpy(np.ascontiguousarray(scene.image.transpose(2, 0, 1)))
+            # per image, logits centred on that image's features (labels that vary over it)
+            self.centre_classifier(harness, self._image_means[i])
             out = harness.msc_flip_inference(image, scene.mask, scales=(1.0, 0.75), resize_long=512)
             p = f"img{i}_"
+            arrays.update({p + k: v for k, v in self.eval_decoder_arrays(harness).items()})
             arrays.update(
                 {
                     p + "uint8": image.numpy(),
@@ -408,6 +440,7 @@ class Recorder:
                     p + "cams": out["cams"].numpy().astype(np.uint8),
                 }
             )
+        self.centre_classifier(harness, self._shared_mean)
         arrays["meta_json"] = np.array(
             self.meta(
                 procedure="test_msc_flip_voc.py validate()",
@@ -425,7 +458,7 @@ class Recorder:
             "labels at the original size, and their script's pseudo-labels ('cams')",
             "scenes": f"synthetic_scene(seed={self.args.scene_seed}, index=100..102, ignore_band=2)",
             "decoder": f"random_decoder_state(seed={self.args.decoder_seed}), classifier bias "
-            "centred on the evaluation images (stored: classifier_bias)",
+            "centred on each image's features (stored: img<i>_classifier_bias)",
         }
 
     def val_pseudo(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
