@@ -158,7 +158,10 @@ def parity_cfg(clip_qk4_file):
 
 @pytest.fixture(scope="session")
 def engine():
-    """The pseudo-label engine with the settings of ``configs/voc.py`` (no CLIP weights needed)."""
+    """The pseudo-label constants and PAR of ``configs/voc.py`` (no CLIP weights needed): the
+    tests read ``box_threshold``, ``box_mode``, ``static_layers``, ``sinkhorn_iters``, ``power``,
+    ``refine_norm_eps``, ``bg_power`` and ``par`` from it. With ``run_ours``, the second place to
+    update if the engine's interface changes."""
     from weclip.config import load_config
     from weclip.refine.engine import PseudoLabelEngine
 

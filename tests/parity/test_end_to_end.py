@@ -48,7 +48,7 @@ def affinity_atol(fused: np.ndarray) -> float:
     return 0.25 * RTOL_FUSED * float(norms.max()) ** 2
 
 
-def test_forward_outputs(parity_model, parity_step, official_step_static):
+def test_forward_outputs(parity_model, parity_step, official_step_static, engine):
     data = official_step_static
     assert not bool(parity_step["use_rfm"]), "iteration 1 must use the static refinement"
     check_scaled(
@@ -64,7 +64,6 @@ def test_forward_outputs(parity_model, parity_step, official_step_static):
     images = torch.as_tensor(data["input_images"][:1])
     feats, attns = parity_model.backbone.forward_blocks(images)
     _, attn_last, _ = parity_model.backbone.forward_last(feats[-1])
-    engine = parity_model.engine
     maps = patch_attention(attns, attn_last, engine.static_layers)
     trans = transition_matrix(static_affinity(maps), engine.sinkhorn_iters, engine.power)[0]
     d_trans = max_abs_diff(trans, data["trans_mat_img0"])

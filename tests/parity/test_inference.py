@@ -85,7 +85,12 @@ def test_labels_at_original_size(inference_results, official_inference):
         assert bool((margin <= 2 * d).all()), "a differing label that is not a near-tie"
 
 
-def test_their_test_script_pseudo_labels(our_base_model, official_inference):
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14: our pseudo-label path gives PAR the input cropped to a multiple of 16 and "
+    "stretches it over the full mask; the authors guide PAR with the whole (resized) input",
+)
+def test_their_test_script_pseudo_labels(our_base_model, official_inference, engine):
     # their test script also prints a pseudo-label score ("cams"): validation-mode pseudo-labels
     # of the input resized to long side 512, at the original (mask) size (issue 14, item 3).
     # (The pseudo-labels do not depend on the classifier bias.)
@@ -115,9 +120,7 @@ def test_their_test_script_pseudo_labels(our_base_model, official_inference):
             continue
         try:
             # no recorded refined CAMs here: only PAR's own rounding is allowed
-            explain_differences(
-                out, resized, ref[None], model.engine.par, model.engine.bg_power, [0.0]
-            )
+            explain_differences(out, resized, ref[None], engine.par, engine.bg_power, [0.0])
         except AssertionError as e:
             failures.append(f"img{i}: {e}")
     assert not failures, "; ".join(failures)

@@ -64,12 +64,11 @@ def test_img0_labels_from_recorded_par_output(official_step_static):
     assert torch.equal(labels, ref)
 
 
-def test_img0_labels_from_recorded_refined_cams(parity_model, official_step_static):
+def test_img0_labels_from_recorded_refined_cams(engine, official_step_static):
     data = official_step_static
     images = torch.as_tensor(data["input_images"][:1])
     cams = torch.as_tensor(data["cams_refined_img0"])
     classes = torch.as_tensor(data["label_ids_img0"])
-    engine = parity_model.engine
     index = torch.zeros(len(classes), dtype=torch.long)
     labels = make_pseudo_labels(images, cams, index, classes, engine.par, bg_power=engine.bg_power)
     ref = torch.as_tensor(data["pseudo_label"][:1]).long()
@@ -203,7 +202,7 @@ def check_batch_pseudo_labels(
 
 
 @pytest.mark.slow
-def test_batch_pseudo_labels_from_images(parity_model, parity_step, official_step_static):
+def test_batch_pseudo_labels_from_images(engine, parity_step, official_step_static):
     check_batch_pseudo_labels(
-        parity_step, official_step_static, parity_model.engine, "batch pseudo-labels (static)"
+        parity_step, official_step_static, engine, "batch pseudo-labels (static)"
     )

@@ -216,7 +216,6 @@ def test_end_to_end_rfm_forward(rfm_step, official_step_rfm):
 
 
 @pytest.mark.slow
-def test_end_to_end_rfm_pseudo_labels_and_losses(rfm_step, official_step_rfm, parity_cfg):
-    engine = rfm_step["model"].engine
+def test_end_to_end_rfm_pseudo_labels_and_losses(rfm_step, official_step_rfm, parity_cfg, engine):
     check_batch_pseudo_labels(rfm_step, official_step_rfm, engine, "RFM pseudo-labels")
     check_losses(rfm_step, official_step_rfm, parity_cfg.loss)

@@ -143,7 +143,9 @@ def test_validation_logits_at_original_size(model_with_decoder, official_val_pse
     reason="issue 14: our pseudo-label path gives PAR the image cropped to a multiple of 16 and "
     "stretches it over the full mask; the authors guide PAR with the whole image",
 )
-def test_end_to_end_val_pseudo_labels_at_original_size(model_with_decoder, official_val_pseudo):
+def test_end_to_end_val_pseudo_labels_at_original_size(
+    model_with_decoder, official_val_pseudo, engine
+):
     data = official_val_pseudo
     model = model_with_decoder(data)
     failures = []
@@ -169,7 +171,7 @@ def test_end_to_end_val_pseudo_labels_at_original_size(model_with_decoder, offic
             .max()
         )
         try:
-            explain_differences(out, image, ref[None], model.engine.par, model.engine.bg_power, [d])
+            explain_differences(out, image, ref[None], engine.par, engine.bg_power, [d])
         except AssertionError as e:
             failures.append(f"img{i}: {e}")
     hist = ConfusionMatrix(21)
