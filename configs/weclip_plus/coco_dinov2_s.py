@@ -11,7 +11,8 @@ _base_ = [
     "../_base_/default_runtime.py",
 ]
 model = dict(
-    cam=dict(input_index=-1),  # COCO's Grad-CAM runs the last block on block N-2's output (doc §1.2)
+    # COCO's Grad-CAM runs the last block on block N-2's output (doc §1.2)
+    cam=dict(input_index=-1),
     refine=dict(
         rfm_layers=8,  # the last 8 maps on COCO (doc §4.1)
         box_mask="boxes",  # COCO keeps the CLIP-ES boxes of the ungated CAM (doc §4.2 step 4)

@@ -19,6 +19,5 @@ optim = dict(
 )
 # Schedule (doc §6): 30,000 iterations, batch 4, warm-up 50, poly 1.0, validation every 2,000 on VOC train:
 # the values of configs/_base_/schedules/adamw_poly.py.
-test = dict(
-    scales=(1.0, 1.5),  # `test_scales=[1, 1.5]` (comment `#[1, 0.75]`, WeCLIP's), flip, long side 512 (doc §7)
-)
+# `test_scales=[1, 1.5]` (comment `#[1, 0.75]`, WeCLIP's), flip, long side 512 (doc §7)
+test = dict(scales=(1.0, 1.5))

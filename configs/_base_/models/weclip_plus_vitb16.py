@@ -7,7 +7,9 @@ model = dict(
     normalize="imagenet",
     norm_constants=dict(
         imagenet=dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),  # spec §1.2
-        clip=dict(mean=(122.7709383, 116.7460125, 104.09373615), std=(68.5005327, 66.6321579, 70.3231804)),
+        clip=dict(
+            mean=(122.7709383, 116.7460125, 104.09373615), std=(68.5005327, 66.6321579, 70.3231804)
+        ),
     ),
     backbone=dict(
         # The authors' shipped configs use OpenAI's ViT-B-16.pt, clip_flag 16 (doc §1.1).
@@ -62,8 +64,12 @@ model = dict(
         norm_eps=1e-7,  # spec §4.6
         static_layers=8,  # only the "static" rows of tools/eval_pseudo.py (CLIP-ES, spec §4.2): not in WeCLIP+
     ),
-    pseudo_label=dict(bg_power=1, ignore_padding=False),  # spec §5 (`cam_bg_thres = 1`, padding labelled)
-    par=dict(num_iter=20, dilations=(1, 2, 4, 8, 12, 24), temperature=0.3, pos_weight=0.01, eps=1e-8),  # §5.1
+    # background (1 - max)^1 (`cam_bg_thres = 1`), crop padding labelled as the authors do (spec §5)
+    pseudo_label=dict(bg_power=1, ignore_padding=False),
+    # PAR (`WeCLIP_Plus/PAR.py` is WeCLIP's, doc §4.2; spec §5.1)
+    par=dict(
+        num_iter=20, dilations=(1, 2, 4, 8, 12, 24), temperature=0.3, pos_weight=0.01, eps=1e-8
+    ),
 )
 
 loss = dict(
