@@ -454,3 +454,16 @@ def test_tools_train_resume_eval_pseudo_and_infer_on_the_toy_config(toy):
     metrics = json.load(open(os.path.join(infer_dir, "metrics.json")))
     assert metrics["model"] == "WeCLIPPlus" and metrics["num_images"] == 2
     assert len(os.listdir(os.path.join(infer_dir, "pred"))) == 2
+
+    # the converter turns an authors'-layout file of these weights back into our names (model-agnostic tool)
+    official = dict(to_official_plus_state(a["model"]), **{"par.kernel": torch.zeros(8, 1, 3, 3)})
+    official_path, converted = str(toy["base"] / "wetr_iter_4.pth"), str(toy["base"] / "conv.pth")
+    torch.save(official, official_path)
+    run_tool(
+        "convert_official_checkpoint",
+        [TOY, official_path, converted],
+        env=ENV,
+    )
+    back = torch.load(converted, map_location="cpu", weights_only=False)
+    assert back["iteration"] == 4 and back["model"].keys() == a["model"].keys()
+    assert all(torch.equal(back["model"][k], a["model"][k]) for k in a["model"])
