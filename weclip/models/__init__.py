@@ -9,3 +9,4 @@ from weclip.models.official_names import load_official_decoder_state
 from weclip.models.registry import build_model, register_model, registered_models
 from weclip.models.text_encoder import prompt_embeddings
 from weclip.models.weclip import WeCLIP, build_weclip
+from weclip.models.weclip_plus import WeCLIPPlus, build_weclip_plus
