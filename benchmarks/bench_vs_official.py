@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import threading
 import time
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -236,10 +237,14 @@ def training(args: argparse.Namespace, theirs: Any, ours: Any) -> Dict[str, Any]
             "valid": torch.ones(BATCH, CROP, CROP, dtype=torch.bool),
         }
         runs = {
-            "theirs": lambda: theirs.train_step(
-                their_inputs, labels_t, iteration=their_start + step, optimize=True
+            "theirs": partial(
+                theirs.train_step,
+                their_inputs,
+                labels_t,
+                iteration=their_start + step,
+                optimize=True,
             ),
-            "ours": lambda: ours.train_step(batch, our_start + step),
+            "ours": partial(ours.train_step, batch, our_start + step),
         }
         order = ("theirs", "ours") if step % 2 == 0 else ("ours", "theirs")
         result = {name: measure(runs[name], device) for name in order}
@@ -276,10 +281,10 @@ def inference(args: argparse.Namespace, theirs: Any, ours: Any) -> Dict[str, Any
         scene = synthetic_scene(args.scene_seed, 100 + i, h, w, num_objects=2, ignore_band=2)
         image = torch.from_numpy(scene.image.transpose(2, 0, 1).copy())
         runs = {
-            "theirs": lambda: theirs.msc_flip_inference(
-                image, scene.mask, scales=(1.0, 0.75), resize_long=512
+            "theirs": partial(
+                theirs.msc_flip_inference, image, scene.mask, scales=(1.0, 0.75), resize_long=512
             ),
-            "ours": lambda: predictor({"image": image}),
+            "ours": partial(predictor, {"image": image}),
         }
         order = ("theirs", "ours") if i % 2 == 0 else ("ours", "theirs")
         # no torch.no_grad() around theirs: their validation forward computes Grad-CAMs; ours runs
@@ -323,7 +328,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: CUDA is not available on this machine")
     if args.amp and args.device != "cuda":
-        raise ConfigError("--amp: bf16 (ours) and fp16 (theirs) run on CUDA only; use --device cuda")
+        raise ConfigError(
+            "--amp: bf16 (ours) and fp16 (theirs) run on CUDA only; use --device cuda"
+        )
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_before = os.getloadavg()

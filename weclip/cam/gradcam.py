@@ -7,6 +7,12 @@ block runs on the P rows, each row's target probability is picked, and the P tar
 Rows are independent (LayerNorm, attention and pooling never mix rows), so the gradient of the sum
 with respect to row p's activation is exactly the gradient of row p's own target. On CPU (strategy
 "slots") the forward is shared by the classes of an image and one call per class slot suffices.
+
+Which pairs exist is read on the host from the image-level labels (they come from label files):
+given labels on the CPU, nothing here waits for the GPU. The backward stops at the last block's
+q/k/v projection when the backbone offers it (``FrozenCLIP.forward_last_qkv``): Grad-CAM only needs
+the spatial mean of the activation gradient, and the projection is linear, so that mean is the
+projected mean of the q/k/v gradient (one (L x 3D x D) product less per pair).
 """
 
 from dataclasses import dataclass
@@ -18,16 +24,20 @@ from torch import Tensor
 
 __all__ = [
     "GRADCAM_STRATEGIES",
+    "GRADCAM_LEAVES",
     "GradCAMResult",
     "gradcam",
     "present_pairs",
     "minmax_normalize",
     "gradcam_from_activations",
+    "cam_from_channel_weights",
 ]
 
 
 #: how the per-pair gradients are obtained, see :func:`gradcam`
 GRADCAM_STRATEGIES = ("rows", "slots")
+#: where the backward stops: "act" (the LN₁ output) or "qkv" (its q/k/v projection, same channel weights)
+GRADCAM_LEAVES = ("act", "qkv")
 
 
 class _LastBlock(Protocol):
@@ -52,6 +62,8 @@ class GradCAMResult:
             with the absent foreground classes masked out (their probability is exactly 0),
             detached. Restricted to the non-zero columns it equals the authors' softmax over
             [present fg; all bg] (spec §1.6).
+        counts (Tensor, optional): (B,) long on the CPU, pairs per image (host-side shapes for the
+            later stages, e.g. the packed score channels).
     """
 
     cams: Tensor
@@ -59,6 +71,7 @@ class GradCAMResult:
     class_index: Tensor
     attn_last: Tensor
     probs: Tensor
+    counts: Optional[Tensor] = None
 
 
 def present_pairs(cls_labels: Tensor) -> Tuple[Tensor, Tensor]:
@@ -122,6 +135,30 @@ def gradcam_from_activations(
             f"{tuple(grads.shape)}"
         )
     alpha = grads.mean(dim=1)  # (P, D): Grad-CAM channel weights = spatial mean of the gradient
+    return cam_from_channel_weights(acts, alpha, grid, norm_eps, norm_passes)
+
+
+def cam_from_channel_weights(
+    acts: Tensor, alpha: Tensor, grid: Tuple[int, int], norm_eps: float = 1e-7, norm_passes: int = 2
+) -> Tensor:
+    """Grad-CAM from patch activations and the channel weights alpha (spec §3 step 3).
+
+    Args:
+        acts (Tensor): (P, n, D) activations at the n patch tokens.
+        alpha (Tensor): (P, D) spatial mean of each pair's gradient with respect to ``acts``.
+        grid (Tuple[int, int]): (h, w), h·w = n, row-major.
+        norm_eps (float): min-max epsilon.
+        norm_passes (int): number of min-max passes.
+
+    Returns:
+        Tensor: (P, h, w) CAMs in [0, 1].
+    """
+    h, w = grid
+    if acts.dim() != 3 or acts.shape[1] != h * w or alpha.shape != (acts.shape[0], acts.shape[2]):
+        raise ValueError(
+            f"acts must be (P, h*w={h * w}, D) and alpha (P, D), got {tuple(acts.shape)} and "
+            f"{tuple(alpha.shape)}"
+        )
     # ReLU(sum_c alpha_c A_c), (P, n); product then channel sum, the authors' order of operations
     cam = (acts * alpha[:, None, :]).sum(dim=-1).clamp_min(0)
     return minmax_normalize(cam.view(-1, h, w), norm_eps, norm_passes)
@@ -143,6 +180,21 @@ def _checked_forward_last(backbone: _LastBlock, x: Tensor) -> Tuple[Tensor, Tens
     return act, attn, emb
 
 
+def _host_layout(cls_labels: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The pair layout on the host: batch_index, class_index, rank within the image (P,), counts
+    (B,) and the labels themselves, all on the CPU (one device->host copy if the labels are not)."""
+    labels = cls_labels.detach()
+    if labels.device.type != "cpu":
+        labels = (
+            labels.cpu()
+        )  # the one host read of the step when the caller kept labels on the GPU
+    batch_index, class_index = present_pairs(labels)
+    counts = torch.bincount(batch_index, minlength=labels.shape[0])
+    # rank of each pair among its image's pairs (0 = lowest class id)
+    rank = torch.arange(batch_index.numel()) - (torch.cumsum(counts, 0) - counts)[batch_index]
+    return batch_index, class_index, rank, counts, labels
+
+
 def gradcam(
     backbone: _LastBlock,
     last_input: Tensor,
@@ -155,6 +207,7 @@ def gradcam(
     norm_passes: int = 2,
     logit_scale: Optional[float] = None,
     strategy: str = "auto",
+    leaf: str = "auto",
 ) -> GradCAMResult:
     """Batched softmax Grad-CAM for every present class of every image (spec §3, §1.6).
 
@@ -167,8 +220,8 @@ def gradcam(
 
     - "rows": the block-(N-2) output of each image is repeated once per present class (P rows),
       the last block runs once on the P rows, the P target probabilities are summed and ONE
-      ``autograd.grad`` call returns every pair's gradient (rows never mix). Fewest calls: the
-      choice on GPUs.
+      ``autograd.grad`` call returns every pair's gradient (rows never mix). Fewest calls, no
+      Python loop over images, no host synchronisation (given host labels): the choice on GPUs.
     - "slots": the last block runs once per image (B forwards instead of P) and the gradients come
       from one ``autograd.grad`` call per class slot j (the sum of the j-th present class of every
       image; K_max calls in all). Per-image graphs are independent, so each call only traverses the
@@ -177,20 +230,24 @@ def gradcam(
 
     Args:
         backbone: exposes ``forward_last(x (R,L,D)) -> (act (R,L,D), attn (R,L,L), emb (R,E))`` and
-            ``logit_scale`` (already exponentiated), e.g. ``FrozenCLIP``.
+            ``logit_scale`` (already exponentiated), e.g. ``FrozenCLIP``; optionally
+            ``forward_last_qkv`` and ``qkv_grad_to_act`` (the "qkv" leaf).
         last_input (Tensor): (B, L, D) output of block N-2 (CLS first); treated as a constant.
-        cls_labels (Tensor): (B, C-1) multi-hot foreground labels.
+        cls_labels (Tensor): (B, C-1) multi-hot foreground labels, best on the CPU (host data: the
+            pair list is read there; labels on a GPU cost one device->host copy).
         text_fg (Tensor): (C-1, E) foreground prompt embeddings.
         text_bg (Tensor): (NB, E) background prompt embeddings.
         grid (Tuple[int, int]): (h, w) patch grid, h·w = L - 1.
         norm_eps (float): min-max epsilon (``cfg.model.cam.norm_eps``).
         norm_passes (int): min-max passes (``cfg.model.cam.cam_norm_passes``; 2 = the authors').
         logit_scale (float, optional): overrides ``backbone.logit_scale``.
-        strategy (str): "rows" | "slots" | "auto" ("rows" on CUDA, "slots" elsewhere).
+        strategy (str): "rows" | "slots" | "auto" ("slots" on CPU, "rows" elsewhere).
+        leaf (str): "act" | "qkv" | "auto" ("qkv" when the backbone offers it), see
+            :data:`GRADCAM_LEAVES`; both give the same channel weights up to fp32 rounding.
 
     Returns:
         GradCAMResult: cams (P, h, w), batch_index (P,), class_index (P,), attn_last (B, L, L),
-        probs (B, C-1+NB).
+        probs (B, C-1+NB), counts (B,) on the CPU.
     """
     b, seq_len, _ = last_input.shape
     h, w = grid
@@ -198,7 +255,7 @@ def gradcam(
         raise ValueError(
             f"last_input has {seq_len} tokens, expected 1 + h*w = {1 + h * w} for grid {grid}"
         )
-    if cls_labels.shape != (b, text_fg.shape[0]):
+    if tuple(cls_labels.shape) != (b, text_fg.shape[0]):
         raise ValueError(
             f"cls_labels must be (B={b}, C-1={text_fg.shape[0]}), got {tuple(cls_labels.shape)}"
         )
@@ -206,63 +263,87 @@ def gradcam(
         raise ValueError(
             f"strategy must be 'auto' or one of {GRADCAM_STRATEGIES}, got {strategy!r}"
         )
+    has_qkv = hasattr(backbone, "forward_last_qkv") and hasattr(backbone, "qkv_grad_to_act")
+    if leaf not in GRADCAM_LEAVES + ("auto",) or (leaf == "qkv" and not has_qkv):
+        raise ValueError(
+            f"leaf must be 'auto', 'act' or (with a backbone that has forward_last_qkv) 'qkv', "
+            f"got {leaf!r}"
+        )
+    use_qkv = has_qkv if leaf == "auto" else leaf == "qkv"
     device = last_input.device
     if strategy == "auto":
-        strategy = "rows" if device.type == "cuda" else "slots"
-    cls_labels = cls_labels.to(device)
-    batch_index, class_index = present_pairs(cls_labels)
-    num_pairs = batch_index.numel()
-    counts = torch.bincount(batch_index, minlength=b)
-    # rank of each pair among its image's pairs (0 = lowest class id)
-    pair_rank = (
-        torch.arange(num_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[batch_index]
-    )
+        strategy = "slots" if device.type == "cpu" else "rows"
+
+    # host-side layout (no device synchronisation), then copies to the device
+    batch_index_h, class_index_h, rank_h, counts_h, labels_h = _host_layout(cls_labels)
+    num_pairs = batch_index_h.numel()
+    absent_h = torch.cat(
+        [labels_h == 0, torch.zeros(b, text_bg.shape[0], dtype=torch.bool)], 1
+    )  # (B, C-1+NB)
+
+    def to_device(t: Tensor) -> Tensor:
+        return t.to(device, non_blocking=True)
+
+    batch_index, class_index, absent = map(to_device, (batch_index_h, class_index_h, absent_h))
 
     scale = float(backbone.logit_scale if logit_scale is None else logit_scale)
     text = torch.cat([text_fg, text_bg], dim=0).to(device=device, dtype=torch.float32)
     # already unit norm; renormalised as in the authors' head (spec §1.6)
     text = F.normalize(text, dim=-1)
-    absent = torch.cat(
-        [cls_labels == 0, cls_labels.new_zeros(b, text_bg.shape[0], dtype=torch.bool)], 1
-    )  # (B, C-1+NB)
     last_input = last_input.detach()
+
+    def forward(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(act, leaf, attn, emb) of the last block on x."""
+        if use_qkv:
+            return backbone.forward_last_qkv(x)
+        act, attn, emb = _checked_forward_last(backbone, x)
+        return act, act, attn, emb
+
+    def channel_weights(grad: Tensor) -> Tensor:
+        """(R, L, 3D or D) leaf gradients -> (R, D) spatial means over the patch tokens of ∂/∂act."""
+        mean = grad[:, 1:].float().mean(dim=1)  # CLS dropped
+        return backbone.qkv_grad_to_act(mean) if use_qkv else mean
 
     with torch.enable_grad():
         if strategy == "rows":
             # one row per pair; an image without any present class still gets one row so that its
             # last-block attention exists. Rows of image i start at row_start[i].
-            rows_per_image = counts.clamp_min(1)
-            row_image = torch.repeat_interleave(torch.arange(b, device=device), rows_per_image)
-            row_start = torch.cumsum(rows_per_image, 0) - rows_per_image
-            pair_row = row_start[batch_index] + pair_rank  # (P,)
-            act, attn, emb = _checked_forward_last(backbone, last_input[row_image])  # (R, ...)
+            rows_per_image = counts_h.clamp_min(1)
+            row_image_h = torch.repeat_interleave(torch.arange(b), rows_per_image)
+            row_start_h = torch.cumsum(rows_per_image, 0) - rows_per_image
+            pair_row_h = row_start_h[batch_index_h] + rank_h  # (P,)
+            row_image, row_start, pair_row = map(to_device, (row_image_h, row_start_h, pair_row_h))
+            act, leaf_t, attn, emb = forward(last_input[row_image])  # (R, ...)
             probs = _softmax_head(emb, text, absent[row_image], scale)
             if num_pairs > 0:
                 target = probs[pair_row, class_index].sum()  # sum of the P target probabilities
-                (grad,) = torch.autograd.grad(target, act)
+                (grad,) = torch.autograd.grad(target, leaf_t)
+                alpha = channel_weights(grad)[pair_row]
             else:
-                grad = torch.zeros_like(act)
-            act_pairs, grad_pairs = act.detach()[pair_row], grad[pair_row]
+                alpha = act.new_zeros(0, act.shape[-1], dtype=torch.float32)
+            act_pairs = act.detach()[pair_row]
             attn, probs = attn[row_start], probs[row_start]
         else:
-            outs = [_checked_forward_last(backbone, last_input[i : i + 1]) for i in range(b)]
-            acts = [o[0] for o in outs]
-            attn = torch.cat([o[1] for o in outs])
-            probs = _softmax_head(torch.cat([o[2] for o in outs]), text, absent, scale)
-            grad_pairs = last_input.new_empty(num_pairs, *last_input.shape[1:])
-            num_slots = int(counts.max().item()) if num_pairs > 0 else 0
+            outs = [forward(last_input[i : i + 1]) for i in range(b)]
+            leaves = [o[1] for o in outs]
+            attn = torch.cat([o[2] for o in outs])
+            probs = _softmax_head(torch.cat([o[3] for o in outs]), text, absent, scale)
+            alpha = last_input.new_zeros(num_pairs, last_input.shape[-1], dtype=torch.float32)
+            num_slots = int(counts_h.max()) if num_pairs > 0 else 0
             for slot in range(num_slots):
-                sel = torch.nonzero(pair_rank == slot).flatten()  # the slot-th class of each image
-                images = batch_index[sel].tolist()
+                sel_h = torch.nonzero(rank_h == slot).flatten()  # the slot-th class of each image
+                sel = to_device(sel_h)
                 target = probs[batch_index[sel], class_index[sel]].sum()
                 grads = torch.autograd.grad(
-                    target, [acts[i] for i in images], retain_graph=slot < num_slots - 1
+                    target,
+                    [leaves[i] for i in batch_index_h[sel_h].tolist()],
+                    retain_graph=slot < num_slots - 1,
                 )
-                grad_pairs[sel] = torch.cat(grads).to(grad_pairs.dtype)
-            act_pairs = torch.cat([a.detach() for a in acts])[batch_index]
+                alpha[sel] = channel_weights(torch.cat(grads))
+            act_pairs = torch.cat([o[0].detach() for o in outs])[batch_index]
 
-    cams = gradcam_from_activations(
-        act_pairs[:, 1:].float(), grad_pairs[:, 1:].float(), grid, norm_eps, norm_passes
+    cams = cam_from_channel_weights(
+        act_pairs[:, 1:].float(), alpha, grid, norm_eps, norm_passes
     )  # CLS dropped
     return GradCAMResult(
         cams=cams,
@@ -270,4 +351,5 @@ def gradcam(
         class_index=class_index,
         attn_last=attn.detach(),
         probs=probs.detach(),
+        counts=counts_h,
     )

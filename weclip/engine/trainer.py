@@ -20,7 +20,9 @@ Distributed: ``train.batch_size`` is the TOTAL batch; each of the W ranks loads 
 soon as two ranks disagree.
 
 ``train.amp``: on CUDA, the model forward runs under bf16 autocast (losses in fp32); ignored on CPU. The step
-never waits on the host: losses are accumulated on the device and read at log intervals only.
+never waits on the host: losses are accumulated on the device and read at log intervals only, and a model
+with ``labels_on_host`` (WeCLIP) gets the image-level labels on the CPU, where it reads which classes are
+present (docs/speed.md).
 
 Numbers for people and programs: the log (``WORK_DIR/<timestamp>.log``), TensorBoard (``WORK_DIR/tb``) and
 ``WORK_DIR/scalars.jsonl``: one JSON object per log interval (``{"kind": "train", "iteration", "loss", ...,
@@ -212,11 +214,9 @@ class Trainer:
                 in inspect.signature(DistributedDataParallel.__init__).parameters
                 else {"broadcast_buffers": False}
             )
-            self.model = DistributedDataParallel(
-                self.model_without_ddp,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **no_sync,
-            )
+            # device_ids=None: train_step moves the inputs itself (DDP would also move the image-level
+            # labels a `labels_on_host` model reads on the host)
+            self.model = DistributedDataParallel(self.model_without_ddp, device_ids=None, **no_sync)
 
         if train_dataset is None:
             from weclip.data import build_dataset
@@ -329,7 +329,9 @@ class Trainer:
             dict: the model outputs (``loss``, ``log``, ...) plus ``lr`` (the lr of this step, a float).
         """
         images = batch["image"].to(self.device, non_blocking=True)
-        cls_labels = batch["cls_labels"].to(self.device, non_blocking=True)
+        cls_labels = batch["cls_labels"]
+        if not getattr(self.model_without_ddp, "labels_on_host", False):
+            cls_labels = cls_labels.to(self.device, non_blocking=True)
         extra = {"valid": batch["valid"].to(self.device, non_blocking=True)}  # crop padding
         if (
             "mask" in batch

@@ -268,6 +268,18 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Te
     return torch.cat([cls_row, table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)], dim=0)
 
 
+def _plain_self_attention(attn: Any) -> bool:
+    """An ``nn.MultiheadAttention`` whose self-attention :meth:`FrozenCLIP._attention` reproduces."""
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_bias is not None
+        and attn.bias_k is None
+        and attn.bias_v is None
+        and not attn.add_zero_attn
+    )
+
+
 class FrozenCLIP(nn.Module):
     """Frozen CLIP ViT for WeCLIP: per-block features and attention maps, and the Grad-CAM head.
 
@@ -298,8 +310,11 @@ class FrozenCLIP(nn.Module):
                     f"unsupported CLIP image tower: it has no '{attr}' (a ViT with a projection is required)"
                 )
         blocks = visual.transformer.resblocks
-        if not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
-            raise ConfigError("unsupported CLIP image tower: blocks must use nn.MultiheadAttention")
+        if not all(_plain_self_attention(getattr(b, "attn", None)) for b in blocks):
+            raise ConfigError(
+                "unsupported CLIP image tower: blocks must use nn.MultiheadAttention with a packed "
+                "q/k/v projection with biases, no bias_k/bias_v and no zero attention"
+            )
         self.clip = clip_model.float().eval()
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -313,7 +328,8 @@ class FrozenCLIP(nn.Module):
             clip_model.logit_scale.exp()
         )  # 100 for OpenAI's weights (spec §1.6)
         self.context_length = int(clip_model.context_length)
-        self._batch_first = bool(getattr(visual.transformer, "batch_first", True))
+        #: blocks whose attention map is not returned use fused SDPA: None = off the CPU only
+        self.fused_attention: Optional[bool] = None
 
     # ------------------------------------------------------------------ helpers
     def train(self, mode: bool = True) -> "FrozenCLIP":
@@ -338,29 +354,94 @@ class FrozenCLIP(nn.Module):
         x = x + resize_pos_embed(visual.positional_embedding, grid).to(x.dtype)
         return visual.ln_pre(x)
 
-    def _block(self, block: nn.Module, x: torch.Tensor, act: Optional[torch.Tensor] = None):
-        """One residual block, batch-first, returning (output, head-averaged attention (B, L, L))."""
-        y = block.ln_1(x) if act is None else act
-        if not self._batch_first:
-            y = y.transpose(0, 1)
-        out, attn = block.attn(y, y, y, need_weights=True, average_attn_weights=True)
-        if not self._batch_first:
-            out = out.transpose(0, 1)
+    def _attention(
+        self, attn: nn.MultiheadAttention, qkv: torch.Tensor, need_weights: bool
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Multi-head self-attention from the packed projection ``qkv`` (B, L, 3D), batch-first.
+
+        The arithmetic of ``nn.MultiheadAttention`` (eval mode, no mask): softmax((q / sqrt(d_h)) kᵀ) v
+        per head, heads concatenated, ``out_proj``; with ``need_weights`` the explicit softmax and the
+        head-averaged map (B, L, L) (identical values to the module's own ``need_weights=True`` path);
+        without, one fused ``scaled_dot_product_attention`` when :attr:`fused_attention` allows it
+        (default: off the CPU; no (B, heads, L, L) tensor. On CPU the explicit path is as fast and
+        keeps the values bit for bit).
+        """
+        b, seq_len, three_d = qkv.shape
+        heads = attn.num_heads
+        head_dim = three_d // (3 * heads)
+        q, k, v = qkv.view(b, seq_len, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = None
+        fused = self.fused_attention
+        if fused is None:
+            fused = qkv.device.type != "cpu"
+        if need_weights or not fused:
+            probs = torch.matmul(q * head_dim**-0.5, k.transpose(-2, -1)).softmax(dim=-1)
+            out = torch.matmul(probs, v)  # (B, heads, L, d_h)
+            if need_weights:
+                weights = probs.mean(dim=1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, seq_len, three_d // 3)
+        return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), weights
+
+    def _block(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        qkv: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One residual block on batch-first tokens (B, L, D).
+
+        Args:
+            block (nn.Module): an open_clip residual attention block.
+            x (torch.Tensor): (B, L, D) block input (the residual stream).
+            qkv (torch.Tensor, optional): (B, L, 3D) packed q/k/v projection of LN₁(x), when the
+                caller made it (the Grad-CAM leaf); default computed here.
+            need_weights (bool): also return the head-averaged attention (B, L, L) (else None).
+
+        Returns:
+            Tuple: the block output (B, L, D) and the attention map or None.
+        """
+        if qkv is None:
+            qkv = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)
+        out, attn = self._attention(block.attn, qkv, need_weights)
         x = x + block.ls_1(out)
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = x + block.ls_2(self._mlp(block.mlp, block.ln_2(x)))
         return x, attn
+
+    @staticmethod
+    def _mlp(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        """The block's MLP; without autograd, open_clip's QuickGELU ``h * sigmoid(1.702 h)`` runs in
+        place on one temporary (the same operations, so the same values, without two extra
+        (B, L, 4D) tensors)."""
+        if (
+            torch.is_grad_enabled()
+            or list(getattr(mlp, "_modules", {})) != ["c_fc", "gelu", "c_proj"]
+            or not isinstance(mlp.gelu, open_clip.transformer.QuickGELU)
+        ):
+            return mlp(y)
+        h = mlp.c_fc(y)
+        return mlp.c_proj(h.mul(1.702).sigmoid_().mul_(h))
 
     # ------------------------------------------------------------------ image path
     @torch.no_grad()
-    def forward_blocks(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward_blocks(
+        self, images: torch.Tensor, attn_from: int = 0
+    ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
         """Run blocks 0..N-2 without an autograd graph (spec §1.4).
 
         Arguments:
             images (torch.Tensor): Bx3xHxW normalised images; H and W are multiples of the patch size.
+            attn_from (int): first block whose attention map is returned; earlier blocks (whose maps
+                nobody reads, e.g. blocks 0..3 with static refinement's last 8 of 12 maps) get None
+                and run without materialising their attention probabilities on GPUs. 0 = all maps;
+                N-1 = none (segmentation only).
 
         Returns:
             feats (list[torch.Tensor]): N-1 tensors BxLxD, the outputs of blocks 0..N-2, CLS first.
-            attns (list[torch.Tensor]): N-1 tensors BxLxL, head-averaged attention (rows: queries).
+            attns (list): N-1 entries: BxLxL head-averaged attention (rows: queries) for blocks
+            ``attn_from``..N-2, None before.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be Bx3xHxW, got {tuple(images.shape)}")
@@ -369,13 +450,14 @@ class FrozenCLIP(nn.Module):
             raise ValueError(
                 f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}"
             )
-        feats, attns = [], []
+        feats: List[torch.Tensor] = []
+        attns: List[Optional[torch.Tensor]] = []
         with autocast(images.device, self.precision == "bf16"):
             x = self._embed(images)
-            for block in self.clip.visual.transformer.resblocks[:-1]:
-                x, attn = self._block(block, x)
-                feats.append(x.float())
-                attns.append(attn.float())
+            for index, block in enumerate(self.clip.visual.transformer.resblocks[:-1]):
+                x, attn = self._block(block, x, need_weights=index >= attn_from)
+                feats.append(x.float())  # no copy in fp32 (bf16 autocast: one fp32 copy)
+                attns.append(None if attn is None else attn.float())
         return feats, attns
 
     def forward_last(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -394,11 +476,54 @@ class FrozenCLIP(nn.Module):
         with torch.enable_grad(), autocast(x.device, self.precision == "bf16"):
             x = x.detach()
             act = block.ln_1(x).detach().requires_grad_(True)
-            out, attn = self._block(block, x, act=act)
-            tokens = self.clip.visual.ln_post(out)
-            pooled = tokens[:, 1:].mean(dim=1)  # mean of the patch tokens, not CLS (spec §1.6)
-            image_emb = F.normalize((pooled @ self.clip.visual.proj).float(), dim=-1)
+            qkv = F.linear(act, block.attn.in_proj_weight, block.attn.in_proj_bias)
+            out, attn = self._block(block, x, qkv=qkv)
+            image_emb = self._image_embedding(out)
         return act, attn.detach().float(), image_emb
+
+    def _image_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) last-block output -> (B, E) L2-normalised proj(mean of ln_post(patch tokens))."""
+        tokens = self.clip.visual.ln_post(tokens)
+        pooled = tokens[:, 1:].mean(dim=1)  # mean of the patch tokens, not CLS (spec §1.6)
+        return F.normalize((pooled @ self.clip.visual.proj).float(), dim=-1)
+
+    def forward_last_qkv(
+        self, x: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_last` with the packed q/k/v projection of the LN₁ output as the autograd leaf.
+
+        The Grad-CAM activation ``act`` reaches the rest of the block only through
+        qkv = act W_inᵀ + b, so ∂t/∂act = (∂t/∂qkv) W_in for any target t, and the spatial mean of
+        ∂t/∂act (Grad-CAM's channel weights) is ``(mean ∂t/∂qkv) W_in`` (:meth:`qkv_grad_to_act`):
+        the backward stops one (L x 3D x D) product earlier per target.
+
+        Arguments:
+            x (torch.Tensor): BxLxD output of block N-2 (detached here).
+
+        Returns:
+            act (torch.Tensor): BxLxD LN₁ output (detached), the Grad-CAM activation.
+            qkv (torch.Tensor): BxLx3D its projection, a leaf that requires grad.
+            attn (torch.Tensor): BxLxL head-averaged attention of the last block (no grad).
+            image_emb (torch.Tensor): BxE, as :meth:`forward_last`.
+        """
+        block = self.clip.visual.transformer.resblocks[-1]
+        with torch.enable_grad(), autocast(x.device, self.precision == "bf16"):
+            x = x.detach()
+            act = block.ln_1(x).detach()
+            qkv = F.linear(act, block.attn.in_proj_weight, block.attn.in_proj_bias)
+            qkv = qkv.detach().requires_grad_(True)
+            out, attn = self._block(block, x, qkv=qkv)
+            image_emb = self._image_embedding(out)
+        return act, qkv, attn.detach().float(), image_emb
+
+    def qkv_grad_to_act(self, grad_qkv: torch.Tensor) -> torch.Tensor:
+        """Map gradients w.r.t. the last block's q/k/v projection to gradients w.r.t. its LN₁ output.
+
+        Linear, so it commutes with means over tokens. Args: ``grad_qkv`` (..., 3D). Returns (..., D)
+        float32.
+        """
+        weight = self.clip.visual.transformer.resblocks[-1].attn.in_proj_weight
+        return grad_qkv.float() @ weight.float()
 
     # ------------------------------------------------------------------ text path
     @torch.no_grad()

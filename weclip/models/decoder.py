@@ -184,7 +184,8 @@ class WeCLIPDecoder(nn.Module):
             grid (Tuple[int, int]): (h, w), the patch grid; tokens are row-major.
 
         Returns:
-            torch.Tensor: Bx(embed_dim)xhxw, the fused feature before Dropout2d.
+            torch.Tensor: Bx(embed_dim)xhxw, the fused feature before Dropout2d (a view of
+            token-major memory: channels innermost).
         """
         h, w = int(grid[0]), int(grid[1])
         if len(feats) != self.num_inputs:
@@ -192,16 +193,18 @@ class WeCLIPDecoder(nn.Module):
                 f"WeCLIPDecoder expects {self.num_inputs} CLIP block outputs, got {len(feats)}"
             )
         dtype = self.fuse.weight.dtype
-        maps: List[torch.Tensor] = []
+        tokens: List[torch.Tensor] = []
         for index, (feat, mlp) in enumerate(zip(feats, self.fusion_mlps)):
             if feat.dim() != 3 or feat.shape[1] != h * w + 1 or feat.shape[2] != self.in_dim:
                 raise ValueError(
                     f"CLIP block output {index} has shape {tuple(feat.shape)}; expected "
                     f"(B, {h * w + 1}, {self.in_dim}) for grid {h}x{w} (CLS first)"
                 )
-            tokens = mlp(feat[:, 1:, :].to(dtype))  # (B, n, E), CLS dropped
-            maps.append(tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, h, w))
-        return self.fuse(torch.cat(maps, dim=1))  # (B, (N-1)*E, h, w) -> (B, E, h, w)
+            tokens.append(mlp(feat[:, 1:, :].to(dtype)))  # (B, n, E), CLS dropped
+        # The 1x1 fuse conv over the block-ordered concatenation is a linear map of each token's
+        # (N-1)*E channels: computed on the tokens, without channel-first copies.
+        fused = F.linear(torch.cat(tokens, dim=-1), self.fuse.weight.flatten(1), self.fuse.bias)
+        return fused.transpose(1, 2).unflatten(2, (h, w))  # (B, E, h, w)
 
     def decode(self, fused: torch.Tensor) -> torch.Tensor:
         """Transformer decoder + classifier on the (dropped-out) fused feature F (spec §6.2).
@@ -216,8 +219,9 @@ class WeCLIPDecoder(nn.Module):
         x = fused.flatten(2).transpose(1, 2)  # (B, n, E), tokens row-major
         for block in self.blocks:
             x = block(x)
-        x = x.transpose(1, 2).reshape(b, e, h, w)
-        return self.classifier(x)
+        # the 1x1 classifier conv as a linear map of each token
+        logits = F.linear(x, self.classifier.weight.flatten(1), self.classifier.bias)  # (B, n, C)
+        return logits.transpose(1, 2).reshape(b, self.num_classes, h, w)
 
     def forward(
         self, feats: Sequence[torch.Tensor], grid: Tuple[int, int]

@@ -162,6 +162,11 @@ class WeCLIP(nn.Module):
         )
         self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(3), persistent=False)
 
+    #: ``forward`` takes ``cls_labels`` on the CPU whatever the model's device: they only decide which
+    #: (image, class) pairs exist, which is read on the host, so a GPU step then never waits for the
+    #: device (labels on the GPU cost one device->host copy). The trainer leaves them on the host.
+    labels_on_host = True
+
     # ------------------------------------------------------------------ the model interface
     @property
     def num_classes(self) -> int:
@@ -189,21 +194,24 @@ class WeCLIP(nn.Module):
         return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
 
     def encode(
-        self, images: torch.Tensor, fit: str = "crop"
+        self, images: torch.Tensor, fit: str = "crop", maps: Optional[int] = None
     ) -> Tuple[torch.Tensor, list, list, Tuple[int, int]]:
         """Normalise and run the frozen CLIP on the patch-multiple view of the images (spec §1.3-§1.5).
 
         Args:
             images (torch.Tensor): (B, 3, H, W) 0-255 RGB.
             fit (str): see :data:`FITS` ("crop" = what the authors' conv1 does).
+            maps (int, optional): how many of the N attention maps (counted from the last, which
+                Grad-CAM's forward makes) the caller reads; the blocks before get None. Default: all.
 
         Returns:
             tuple: ``x`` (B, 3, H, W) the normalised whole images (PAR's guide), ``feats`` and ``attns``
-            (N-1 tensors each, ``FrozenCLIP.forward_blocks``), ``grid`` (h, w).
+            (N-1 entries each, ``FrozenCLIP.forward_blocks``), ``grid`` (h, w).
         """
         x = self.preprocess(images)
         net_in = fit_to_patches(x, self.patch_size, fit)
-        feats, attns = self.backbone.forward_blocks(net_in)
+        attn_from = 0 if maps is None else self.backbone.num_blocks - maps
+        feats, attns = self.backbone.forward_blocks(net_in, attn_from=attn_from)
         return x, feats, attns, self.backbone.grid_size(net_in.shape[-2], net_in.shape[-1])
 
     def forward(
@@ -221,7 +229,8 @@ class WeCLIP(nn.Module):
         Arguments:
             images (torch.Tensor): (B, 3, H, W) uint8 (or float 0-255) RGB, any size of at least one patch;
                 the network sees the top-left (H//p·p, W//p·p) block.
-            cls_labels (torch.Tensor, optional): (B, C-1) multi-hot image-level labels ("pseudo", "loss").
+            cls_labels (torch.Tensor, optional): (B, C-1) multi-hot image-level labels ("pseudo", "loss"),
+                on the model's device or on the CPU (see :attr:`labels_on_host`).
             mode (str): "predict": the decoder only; "pseudo": also the pseudo-labels (validation mode:
                 the RFM unless ``iteration`` selects static refinement); "loss": a training step's forward
                 (``iteration`` required) with the losses.
@@ -241,8 +250,13 @@ class WeCLIP(nn.Module):
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        # attention maps only of the blocks the refinement reads (none for segmentation)
+        use_rfm, maps = False, 0
+        if mode != "predict":
+            use_rfm = rfm_active(iteration, self.rfm_start_iter)
+            maps = self.pipeline.maps_needed("rfm" if use_rfm else "static")
         with record_function("model/clip_blocks"):
-            x, feats, attns, grid = self.encode(images)
+            x, feats, attns, grid = self.encode(images, maps=maps)
 
         # Decoder on the features of blocks 0..N-2 (spec §6)
         with record_function("model/decoder"):
@@ -257,7 +271,6 @@ class WeCLIP(nn.Module):
         aff = self.decoder.affinity(fused)  # A_f, trained by the affinity loss (spec §4.1, §7.2)
 
         # Online pseudo-labels (spec §3-§5); the RFM uses a detached A_f; PAR is guided by the whole image
-        use_rfm = rfm_active(iteration, self.rfm_start_iter)
         pseudo = self.pipeline(
             self.backbone,
             x,
@@ -324,9 +337,14 @@ class WeCLIP(nn.Module):
                 f"unknown pseudo-label row(s) {unknown}; known: {', '.join(PSEUDO_ROWS)}"
             )
         pipe = self.pipeline
-        x, feats, attns, grid = self.encode(images, fit)
-        cam = pipe.initial_cams(self.backbone, feats, grid, cls_labels, self.text_fg, self.text_bg)
         refinements = {r[: -len("_par")] if r.endswith("_par") else r for r in rows}
+        maps = (
+            max(pipe.maps_needed(k) for k in ("static", "rfm") if k in refinements)
+            if (refinements & {"static", "rfm"})
+            else 0
+        )
+        x, feats, attns, grid = self.encode(images, fit, maps=maps)
+        cam = pipe.initial_cams(self.backbone, feats, grid, cls_labels, self.text_fg, self.text_bg)
         refined: Dict[str, torch.Tensor] = {}
         if "cam" in refinements:
             refined["cam"] = pipe.resize(cam, out_size)  # spec §3 CAMs, bilinear to the mask size

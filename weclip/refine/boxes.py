@@ -9,11 +9,11 @@ components: a hole border lies inside its component's outer border, and OpenCV t
 
 Two exact implementations of the components: ``cv2.connectedComponentsWithStats`` (one call per map) on
 CPU, and on GPUs a label propagation in torch (:func:`component_box_masks`: every foreground pixel takes
-the largest label in its 8-neighbourhood until nothing changes), so the training step does not copy the
-CAMs to the host and wait for them. Both give the same masks (tested).
+the largest label in its 8-neighbourhood, h·w − 1 times, enough for any component), so the training step
+neither copies the CAMs to the host nor waits for the device. Both give the same masks (tested).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -79,19 +79,24 @@ def component_boxes(binary: np.ndarray, mode: str = "official") -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=1)
 
 
-def component_box_masks(binary: Tensor, mode: str = "official", check_every: int = 8) -> Tensor:
+def component_box_masks(
+    binary: Tensor, mode: str = "official", check_every: Optional[int] = None
+) -> Tensor:
     """Union of the (clipped) bounding boxes of the 8-connected components of binary maps, in torch.
 
     Labels: every foreground pixel starts with its own index (+1), then repeatedly takes the maximum label
-    of its 3x3 neighbourhood among foreground pixels; when nothing changes, each component holds one label
-    (its largest index). Boxes: per label, the min/max row and column of its pixels (``scatter_reduce``),
+    of its 3x3 neighbourhood among foreground pixels; after as many steps as the longest path inside a
+    component (at most h·w − 1: a path visits each pixel once), each component holds one label (its
+    largest index). Boxes: per label, the min/max row and column of its pixels (``scatter_reduce``),
     clipped as :func:`component_boxes`, painted with a difference array (memory O(P h w)).
 
     Args:
         binary (Tensor): (P, h, w) bool.
         mode (str): see :data:`BOX_MODES`.
-        check_every (int): propagation steps between convergence checks (each check reads one flag on the
-            host; a component of diameter d needs about d steps).
+        check_every (int, optional): None (default): exactly h·w − 1 propagation steps, nothing read on
+            the host (no device synchronisation; 2 small kernels per step). k: stop at the first of every
+            k steps that changed nothing (each check reads one flag on the host; a component of
+            diameter d needs about d steps).
 
     Returns:
         Tensor: (P, h, w) bool, on ``binary.device``.
@@ -103,12 +108,16 @@ def component_box_masks(binary: Tensor, mode: str = "official", check_every: int
     fg = binary.bool()
     index = torch.arange(1, n + 1, device=binary.device, dtype=torch.float32).view(1, h, w)
     labels = torch.where(fg, index, torch.zeros((), device=binary.device))[:, None]  # (P, 1, h, w)
-    for _ in range(0, n + 1, check_every):  # at most n steps: a component has at most n pixels
-        before = labels
-        for _ in range(check_every):
+    if check_every is None:
+        for _ in range(n - 1):
             labels = F.max_pool2d(labels, 3, stride=1, padding=1) * fg[:, None]
-        if torch.equal(before, labels):
-            break
+    else:
+        for _ in range(0, n + 1, check_every):  # at most n steps: a component has at most n pixels
+            before = labels
+            for _ in range(check_every):
+                labels = F.max_pool2d(labels, 3, stride=1, padding=1) * fg[:, None]
+            if torch.equal(before, labels):
+                break
     labels = labels[:, 0].long().flatten(1)  # (P, n), 0 = background, else the component's label
     rows = torch.arange(h, device=binary.device).repeat_interleave(w).expand(p, n)
     cols = torch.arange(w, device=binary.device).repeat(h).expand(p, n)
@@ -151,7 +160,7 @@ def box_masks(cams: Tensor, threshold: float, mode: str = "official") -> Tuple[T
     if mode not in BOX_MODES:
         raise ValueError(f"box_mode must be one of {BOX_MODES}, got {mode!r}")
     binary = threshold_cams(cams, threshold)
-    if binary.device.type != "cpu":  # on GPUs: no copy to the host (and no wait for it)
+    if binary.device.type != "cpu":  # on GPUs: no copy to the host (and no wait for the device)
         return component_box_masks(binary, mode), binary
     binary_np = binary.numpy()
     masks = np.zeros(binary_np.shape, dtype=bool)

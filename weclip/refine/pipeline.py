@@ -144,6 +144,13 @@ class PseudoLabelPipeline(nn.Module):
             par=PAR(**par),
         )
 
+    def maps_needed(self, refinement: str) -> int:
+        """How many of the last attention maps a refinement reads ("static": ``static_layers``, "rfm":
+        ``rfm_layers``, "none": 0); the earlier blocks' maps need not be computed."""
+        if refinement not in REFINEMENTS:
+            raise ValueError(f"refinement must be one of {REFINEMENTS}, got {refinement!r}")
+        return {"none": 0, "static": self.static_layers, "rfm": self.rfm_layers}[refinement]
+
     # ------------------------------------------------------------------ stages
     def initial_cams(
         self,
@@ -192,7 +199,8 @@ class PseudoLabelPipeline(nn.Module):
         """Stage 2: the transition matrix of every image (spec §4.2-§4.4).
 
         Args:
-            attns (Sequence[Tensor]): N-1 attention maps (B, L, L) of ``forward_blocks``.
+            attns (Sequence[Tensor]): N-1 attention maps (B, L, L) of ``forward_blocks`` (the
+                earlier ones may be None, see :meth:`maps_needed`).
             cam (GradCAMResult): stage 1 (its ``attn_last`` is the last block's attention).
             refinement (str): "static" or "rfm".
             aff (Tensor, optional): (B, n, n) decoder affinity σ(FᵀF), required by "rfm" (detached here).
@@ -247,7 +255,9 @@ class PseudoLabelPipeline(nn.Module):
             Tuple[Tensor, Tensor]: ``scores`` (B, 1+Kmax, H, W) and ``keys`` (B, 1+Kmax), the class id of each
             channel (255 for padding channels).
         """
-        return pack_scores(refined, cam.batch_index, cam.class_index, batch_size, self.bg_power)
+        return pack_scores(
+            refined, cam.batch_index, cam.class_index, batch_size, self.bg_power, counts=cam.counts
+        )
 
     @torch.no_grad()
     def refine_scores(self, guide: Tensor, scores: Tensor) -> Tensor:

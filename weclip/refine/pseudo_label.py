@@ -13,7 +13,7 @@ maximal index; padding channels come after every real channel (the bg channel 0 
 the first maximum is always a real channel.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -51,7 +51,12 @@ def background_score(
 
 
 def pack_scores(
-    cams: Tensor, batch_index: Tensor, class_index: Tensor, batch_size: int, bg_power: float = 1.0
+    cams: Tensor,
+    batch_index: Tensor,
+    class_index: Tensor,
+    batch_size: int,
+    bg_power: float = 1.0,
+    counts: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Stack [bg; r_1..r_K] per image into one zero-padded tensor (spec §5 steps 1-2).
 
@@ -62,28 +67,39 @@ def pack_scores(
         class_index (Tensor): (P,) 0-based foreground id of each CAM.
         batch_size (int): B.
         bg_power (float): background exponent.
+        counts (Tensor, optional): (B,) pairs per image on the CPU (``GradCAMResult.counts``): the
+            channel layout is then built on the host and nothing waits for the device; the grouping
+            of ``batch_index`` is taken as given. Default: read from ``batch_index`` (checked).
 
     Returns:
         Tuple[Tensor, Tensor]: ``scores`` (B, 1+Kmax, H, W) and ``keys`` (B, 1+Kmax) long, the class
         id of each channel (0 = background, fg id + 1, ``IGNORE_INDEX`` for padding channels, which
         hold zeros).
     """
-    if batch_index.numel() > 1 and bool((batch_index[1:] < batch_index[:-1]).any()):
+    num_pairs = batch_index.numel()
+    if counts is None:
+        if num_pairs > 1 and bool((batch_index[1:] < batch_index[:-1]).any()):
+            raise ValueError(
+                "pack_scores needs the CAMs grouped by image in batch order "
+                "(batch_index non-decreasing)"
+            )
+        counts = torch.bincount(batch_index, minlength=batch_size).cpu()
+    elif counts.device.type != "cpu" or tuple(counts.shape) != (batch_size,):
         raise ValueError(
-            "pack_scores needs the CAMs grouped by image in batch order "
-            "(batch_index non-decreasing)"
+            f"counts must be a CPU tensor of shape ({batch_size},), got {tuple(counts.shape)} on "
+            f"{counts.device}"
         )
-    counts = torch.bincount(batch_index, minlength=batch_size)
-    k_max = int(counts.max().item()) if batch_index.numel() > 0 else 0
+    elif int(counts.sum()) != num_pairs:
+        raise ValueError(f"counts sum to {int(counts.sum())} but there are {num_pairs} CAMs")
+    k_max = int(counts.max()) if num_pairs > 0 else 0
     scores = cams.new_zeros(batch_size, 1 + k_max, *cams.shape[-2:])
     keys = torch.full((batch_size, 1 + k_max), IGNORE_INDEX, dtype=torch.long, device=cams.device)
     scores[:, 0] = background_score(cams, batch_index, batch_size, bg_power)
     keys[:, 0] = 0
-    # channel of pair p inside its image = 1 + its rank among that image's pairs
-    rank = (
-        torch.arange(batch_index.numel(), device=cams.device)
-        - (torch.cumsum(counts, 0) - counts)[batch_index]
-    )
+    # channel of pair p inside its image = 1 + its rank among that image's pairs (on the host)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(num_pairs) - torch.repeat_interleave(starts, counts, output_size=num_pairs)
+    rank = rank.to(cams.device, non_blocking=True)
     scores[batch_index, 1 + rank] = cams
     keys[batch_index, 1 + rank] = class_index.long() + 1
     return scores, keys
@@ -100,5 +116,9 @@ def scores_to_labels(scores: Tensor, keys: Tensor) -> Tensor:
         Tensor: (B, H, W) long class ids.
     """
     # first maximal index on ties, as numpy/torch argmax in the authors' code
-    channel = scores.argmax(dim=1)
+    if scores.device.type == "cpu" and scores.dim() == 4:
+        # the same argmax over a contiguous last dimension: ~8x faster on CPU than over dim 1
+        channel = scores.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
+    else:
+        channel = scores.argmax(dim=1)
     return torch.gather(keys, 1, channel.flatten(1)).view_as(channel)

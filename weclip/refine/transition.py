@@ -6,7 +6,7 @@ maps, multiplied element-wise by the decoder affinity A_f = σ(FᵀF). Both are 
 Sinkhorn-style, symmetrised and squared, once per image.
 """
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,12 +25,14 @@ __all__ = [
 LAYER_FILTERS = ("signed", "abs")
 
 
-def patch_attention(attns: Sequence[Tensor], attn_last: Tensor, num_layers: int) -> Tensor:
+def patch_attention(
+    attns: Sequence[Optional[Tensor]], attn_last: Tensor, num_layers: int
+) -> Tensor:
     """The last ``num_layers`` head-averaged attention maps restricted to patches (spec §1.5, §4.2).
 
     Args:
         attns (Sequence[Tensor]): N-1 maps (B, L, L) of blocks 0..N-2
-            (``FrozenCLIP.forward_blocks``).
+            (``FrozenCLIP.forward_blocks``; blocks before ``attn_from`` may be None).
         attn_last (Tensor): (B, L, L) attention of the last block (from the Grad-CAM forward).
         num_layers (int): m, how many of the N maps [A_0, ..., A_{N-1}] to keep, counted from the
             last.
@@ -44,7 +46,14 @@ def patch_attention(attns: Sequence[Tensor], attn_last: Tensor, num_layers: int)
         raise ValueError(
             f"num_layers must be in [1, {len(maps)}] (attention maps available), got {num_layers}"
         )
-    return torch.stack([a[:, 1:, 1:].float() for a in maps[-num_layers:]], dim=1)
+    chosen = maps[-num_layers:]
+    if any(a is None for a in chosen):
+        first = len(maps) - num_layers + next(i for i, a in enumerate(chosen) if a is None)
+        raise ValueError(
+            f"the attention map of block {first} was not computed (FrozenCLIP.forward_blocks "
+            f"attn_from): the last {num_layers} maps are needed"
+        )
+    return torch.stack([a[:, 1:, 1:].float() for a in chosen], dim=1)
 
 
 def static_affinity(maps: Tensor) -> Tensor:
