@@ -61,6 +61,32 @@ def test_attention_is_softmax_of_scaled_qk(tiny_clip):
     torch.testing.assert_close(attns[1], manual, atol=1e-6, rtol=1e-5)
 
 
+def test_attention_maps_only_from_attn_from(tiny_clip):
+    # the block outputs do not depend on which maps are returned; the earlier maps are None
+    images = torch.randn(2, 3, 32, 40)
+    feats, attns = tiny_clip.forward_blocks(images)
+    feats1, attns1 = tiny_clip.forward_blocks(images, attn_from=1)
+    feats2, attns2 = tiny_clip.forward_blocks(images, attn_from=2)  # N-1 = 2: no map at all
+    assert all(torch.equal(a, b) for a, b in zip(feats, feats1))
+    assert all(torch.equal(a, b) for a, b in zip(feats, feats2))
+    assert attns1[0] is None and torch.equal(attns1[1], attns[1])
+    assert attns2 == [None, None]
+
+
+def test_fused_attention_matches_the_explicit_path(tiny_clip):
+    # fused SDPA (the default off the CPU for blocks whose map is not returned) computes the same
+    # attention; fp32 sums in another order: ~1e-7 relative on O(1) activations, 1e-5 tolerance
+    images = torch.randn(2, 3, 32, 40)
+    ref, _ = tiny_clip.forward_blocks(images, attn_from=2)
+    tiny_clip.fused_attention = True
+    try:
+        fused, _ = tiny_clip.forward_blocks(images, attn_from=2)
+    finally:
+        tiny_clip.fused_attention = None
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_pos_embed_resize_identity_and_bilinear():
     table = torch.randn(1 + 14 * 14, 8)
     assert torch.equal(resize_pos_embed(table, (14, 14)), table)

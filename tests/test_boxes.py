@@ -120,3 +120,34 @@ def test_torch_components_equal_opencv_on_random_maps():
     )
     ours = component_box_masks(torch.from_numpy(spiral)[None], "inclusive")[0]
     assert ours.all()  # one component spanning the whole map
+
+
+def test_torch_components_on_the_longest_path():
+    # a serpentine through rows 0, 2, 4, 6 (columns 0..9) of a 7x12 map, joined by single pixels at
+    # the ends: one component with a long geodesic path; a blob in column 11 (column 10 empty) stays
+    # separate. The fixed h*w - 1 = 83 steps must reach everything; with host checks: the same.
+    binary = np.zeros((7, 12), dtype=bool)
+    binary[0, :10] = binary[2, :10] = binary[4, :10] = binary[6, :10] = True
+    binary[1, 9] = binary[3, 0] = binary[5, 9] = True  # the turns
+    binary[0:2, 11] = True  # separate blob
+    ref = np.zeros((1, 7, 12), dtype=bool)
+    for x0, y0, x1, y1 in component_boxes(binary, "inclusive"):
+        ref[0, y0:y1, x0:x1] = True
+    assert len(component_boxes(binary, "inclusive")) == 2
+    for check_every in (None, 1, 8):
+        ours = component_box_masks(torch.from_numpy(binary)[None], "inclusive", check_every)
+        assert np.array_equal(ours.numpy(), ref), check_every
+    # the path is long: 8-connected breadth-first distances from the serpentine's largest index
+    # (6, 9): (5, 9) 1, (4, 8) 2, along row 4 to (4, 1) 9, (3, 0) 10, (2, 1) 11, (2, 8) 18, (1, 9) 19,
+    # (0, 8) 20, along row 0 to (0, 0) 28: far more steps than max(h, w) = 12
+    dist = {(6, 9): 0}
+    frontier = [(6, 9)]
+    while frontier:
+        y, x = frontier.pop(0)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                q = (y + dy, x + dx)
+                if 0 <= q[0] < 7 and 0 <= q[1] < 12 and binary[q] and q not in dist:
+                    dist[q] = dist[(y, x)] + 1
+                    frontier.append(q)
+    assert dist[(0, 0)] == 28

@@ -34,13 +34,19 @@ def _per_class_loop(backbone, last_input, cls_labels, text_fg, text_bg, grid):
     return torch.stack(cams)
 
 
+@pytest.mark.parametrize("leaf", ["act", "qkv"])
 @pytest.mark.parametrize("strategy", ["rows", "slots", "auto"])
-def test_batched_equals_per_class_loop(tiny_clip, strategy):
+def test_batched_equals_per_class_loop(tiny_clip, strategy, leaf):
+    # "qkv" differentiates to the last block's q/k/v projection and maps the spatial mean of that
+    # gradient through W_in: the same channel weights, summed in another order (fp32 rounding of a
+    # 36-term mean and a 192-term product: ~1e-7 relative, far below the 1e-5 tolerance)
     _, feats, _, text_fg, text_bg = _inputs(tiny_clip)
     cls_labels = torch.tensor(
         [[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32
     )
-    out = gradcam(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6), strategy=strategy)
+    out = gradcam(
+        tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6), strategy=strategy, leaf=leaf
+    )
     ref = _per_class_loop(tiny_clip, feats[-1], cls_labels, text_fg, text_bg, (6, 6))
     # pairs: image 0 classes 1, 3, 4; image 1 none; image 2 class 0
     assert out.batch_index.tolist() == [0, 0, 0, 2]
@@ -50,6 +56,41 @@ def test_batched_equals_per_class_loop(tiny_clip, strategy):
     # the last block's attention exists for every image, including the one without classes
     assert out.attn_last.shape == (3, 37, 37)
     torch.testing.assert_close(out.attn_last.sum(-1), torch.ones(3, 37), atol=1e-5, rtol=0)
+    # the pair counts per image, on the host
+    assert out.counts.device.type == "cpu" and out.counts.tolist() == [3, 0, 1]
+
+
+def test_qkv_gradient_maps_to_the_activation_gradient(tiny_clip):
+    # dt/d act = (dt/d qkv) W_in, token by token (qkv = act W_inᵀ + b is the only use of act)
+    _, feats, _, _, _ = _inputs(tiny_clip, seed=5)
+    act, _, emb = tiny_clip.forward_last(feats[-1])
+    (g_act,) = torch.autograd.grad(emb[:, 3].sum(), act)
+    act2, qkv, _, emb2 = tiny_clip.forward_last_qkv(feats[-1])
+    (g_qkv,) = torch.autograd.grad(emb2[:, 3].sum(), qkv)
+    assert torch.equal(act, act2.requires_grad_(True)) and qkv.shape[-1] == 3 * act.shape[-1]
+    scale = g_act.abs().max()
+    torch.testing.assert_close(tiny_clip.qkv_grad_to_act(g_qkv), g_act, atol=1e-5 * scale, rtol=0)
+    with pytest.raises(ValueError, match="leaf"):
+        gradcam(
+            tiny_clip,
+            feats[-1],
+            torch.ones(3, 5),
+            torch.ones(5, 32),
+            torch.ones(2, 32),
+            (6, 6),
+            leaf="x",
+        )
+
+
+def test_labels_on_any_device_give_the_same_pairs(tiny_clip):
+    # the pair list is read on the host; labels given as bool, int or float mean the same
+    _, feats, _, text_fg, text_bg = _inputs(tiny_clip, seed=6)
+    labels = torch.tensor([[0, 1, 0, 1, 0], [1, 0, 0, 0, 1], [0, 0, 1, 0, 0]])
+    ref = gradcam(tiny_clip, feats[-1], labels.float(), text_fg, text_bg, (6, 6))
+    for other in (labels.bool(), labels.long()):
+        out = gradcam(tiny_clip, feats[-1], other, text_fg, text_bg, (6, 6))
+        assert torch.equal(out.batch_index, ref.batch_index)
+        assert torch.equal(out.cams, ref.cams)
 
 
 def test_cams_only_for_present_classes_and_in_unit_range(tiny_clip):

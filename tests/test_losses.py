@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from weclip.config import load_config
-from weclip.losses import affinity_labels, affinity_loss, radius_window, seg_loss, total_loss
+from weclip.losses import (
+    affinity_labels,
+    affinity_loss,
+    radius_window,
+    seg_loss,
+    total_loss,
+    upsample_bilinear,
+)
 
 
 def authors_seg_loss(logits, labels, ignore_index=255):
@@ -194,3 +201,19 @@ def test_total_loss_uses_the_config_weights():
     assert (int(out["aff_pos_count"]), int(out["aff_neg_count"])) == (int(pos), int(neg))
     out["loss"].backward()
     assert torch.isfinite(seg_logits.grad).all() and torch.isfinite(aff.grad).all()
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((2, 3, 20, 20), (320, 320)), ((1, 2, 7, 5), (9, 13)), ((1, 1, 6, 6), (4, 3))]
+)
+def test_upsample_bilinear_is_f_interpolate(shape, size):
+    # the CPU product form uses F.interpolate's own weights: in float64 the two agree to ~1e-16
+    # (sums of two products rounded differently), gradients too
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    ours = upsample_bilinear(x, size)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    (g_ours,) = torch.autograd.grad(ours, x, g)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-12, rtol=0)

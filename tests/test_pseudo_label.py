@@ -37,6 +37,14 @@ def test_pack_scores_layout():
     torch.testing.assert_close(scores[:, :, 0, 0], expected)
     with pytest.raises(ValueError, match="grouped by image"):
         pack_scores(cams, torch.tensor([2, 0, 0]), torch.tensor([0, 2, 7]), 3)
+    # the same layout from host-side counts (nothing read from batch_index)
+    counts = torch.tensor([2, 0, 1])
+    scores2, keys2 = pack_scores(
+        cams, torch.tensor([0, 0, 2]), torch.tensor([2, 7, 0]), 3, counts=counts
+    )
+    assert torch.equal(scores2, scores) and torch.equal(keys2, keys)
+    with pytest.raises(ValueError, match="counts sum"):
+        pack_scores(cams, torch.tensor([0, 0, 2]), torch.tensor([2, 7, 0]), 3, counts=counts + 1)
 
 
 def test_ties_resolve_to_the_lowest_channel():
