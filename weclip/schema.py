@@ -294,6 +294,11 @@ class TrainConfig:
     seed: int = key(1, ge=0, lt=2**32)
     num_workers: int = key(4, doc="data-loader processes per rank", ge=0)
     amp: bool = key(False, doc="bf16 autocast of the forward on CUDA")
+    # torch.compile of the trained module (WeCLIP: the decoder) through nn.Module.compile(): same
+    # parameters and checkpoint keys, eager-equal within fp32 rounding; Dropout2d then draws its masks
+    # from inductor's generator, so a compiled run does not replay an eager one bit for bit. The
+    # frozen CLIP stays eager. Costs a compilation (tens of seconds) at the first step (docs/speed.md).
+    compile: bool = key(False, doc="torch.compile the trained module (opt-in)")
     log_interval: int = key(50, ge=1)
     vis_interval: int = key(500, doc="0 = no TensorBoard images", ge=0)
     ckpt_interval: int = key(2000, doc="0 = only the last iteration", ge=0)

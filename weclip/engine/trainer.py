@@ -200,6 +200,10 @@ class Trainer:
         model = model_builder(cfg)
         self.model_without_ddp = model.to(self.device)
         self.model_without_ddp.train()
+        if bool(getattr(self.tcfg, "compile", False)):
+            # in place: the module keeps its parameters and state-dict keys (checkpoints unchanged)
+            trainable_of(self.model_without_ddp).compile()
+            logger.info("train.compile: the trained module runs through torch.compile")
         seed_everything(self.seed + self.rank)
 
         self.optimizer = build_optimizer(trainable_of(self.model_without_ddp), cfg.optim)

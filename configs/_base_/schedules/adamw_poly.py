@@ -21,6 +21,7 @@ train = dict(
     seed=1,  # setup_seed(1) in the authors' scripts (spec §8)
     num_workers=4,  # data-loader workers per process (the authors used 10)
     amp=False,  # bf16 autocast of the frozen CLIP on GPU (spec §1.1 note); --amp turns it on
+    compile=False,  # torch.compile the decoder (nn.Module.compile(); not bitwise eager, docs/speed.md)
     log_interval=50,  # iterations between log lines / TensorBoard scalars
     vis_interval=500,  # iterations between TensorBoard image panels (CAM, pseudo label, prediction)
     ckpt_interval=2000,  # iterations between checkpoints (the authors saved at eval points, spec §8)
