@@ -105,6 +105,7 @@ PLUS_FULL_TENSORS = (
 #: branches (see PlusRecorder.decoder).
 PLUS_CLASSIFIER_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 PLUS_MIN_CONFIDENT = 0.2
+PLUS_BACKGROUND = 0.3  # share of the grid the fixtures' decoder predicts as background
 #: Sizes (H, W) of the inference / validation images: sides not multiples of 16 (VOC's 500x375
 #: landscape and 333x500 portrait) and one square that is.
 EVAL_SIZES: Tuple[Tuple[int, int], ...] = ((375, 500), (500, 333), (480, 480))
@@ -789,7 +790,8 @@ class PlusRecorder:
         cross-branch losses 0/0 (no background or no foreground target pixel, doc §5.3) and the
         self-training branch a no-op (no prediction above 0.75). So the classifier bias is set to
         ``-W @ mean`` (the mean of the classifier's inputs over both branches and the batch, from
-        their forward in eval mode: logits centred per class) and weight and bias are multiplied by
+        their forward in eval mode: logits centred per class), the background bias is raised until
+        background wins on :data:`PLUS_BACKGROUND` of the grid, and weight and bias are multiplied by
         the first scale of :data:`PLUS_CLASSIFIER_SCALES` that makes the mean prediction confident
         on at least :data:`PLUS_MIN_CONFIDENT` of the grid with both branches predicting
         background and foreground somewhere. The classifier is stored in the fixture.
@@ -801,13 +803,18 @@ class PlusRecorder:
         feats = torch.cat([f_clip, f_dino]).double()
         mean = feats.transpose(0, 1).flatten(1).mean(dim=1)
         bias = -(weight @ mean)
+
+        def logits(f: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            z = torch.einsum("ck,bkhw->bchw", weight, f.double()) + bias[None, :, None, None]
+            return scale * z
+
+        # background on about PLUS_BACKGROUND of the grid: its bias raised by the matching
+        # quantile of its margin to the best foreground class under the mean prediction
+        z = logits(0.5 * f_clip + 0.5 * f_dino)
+        margin = z[:, 0] - z[:, 1:].amax(dim=1)
+        bias[0] -= float(torch.quantile(margin.flatten(), 1.0 - PLUS_BACKGROUND))
         for scale in PLUS_CLASSIFIER_SCALES:
-
-            def logits(f: torch.Tensor, scale: float = scale) -> torch.Tensor:
-                z = torch.einsum("ck,bkhw->bchw", weight, f.double()) + bias[None, :, None, None]
-                return scale * z
-
-            z_clip, z_dino = logits(f_clip), logits(f_dino)
+            z_clip, z_dino = logits(f_clip, scale), logits(f_dino, scale)
             confident = float(
                 (F.softmax(0.5 * z_clip + 0.5 * z_dino, dim=1).amax(1) > 0.75).double().mean()
             )
