@@ -567,4 +567,5 @@ def run_ours_plus(
     result.update({k: v.detach() for k, v in out["log"].items()})
     result.update(captured)
     result["loss"] = out["loss"]
+    result["graph"] = {k: out[k] for k in ("seg_clip", "seg_dino", "aff")}
     return result
