@@ -275,9 +275,9 @@ class OfficialWeCLIPPlus:
                 ".tag and .text only)"
             )
         self.patches += [
-            f"torch.hub.load('{_DINOV2_HUB}', '{dino_model}') -> the local clone "
-            f"{os.path.basename(self.dinov2_root)} (source='local'); the hub builder's "
-            f"load_state_dict_from_url -> {os.path.basename(dino_weights)} (strict load)",
+            f"torch.hub.load('{_DINOV2_HUB}', '{dino_model}') -> the local clone of "
+            f"{_DINOV2_HUB} given (source='local'); the hub builder's load_state_dict_from_url "
+            f"-> the weights file given, named {os.path.basename(dino_weights)} (strict load)",
             "VOC XML annotations Annotations/<name>.xml written by the harness (the image-level "
             "labels in ascending class order, the image size)",
         ]
