@@ -16,7 +16,9 @@ initial decoder weights); ``parity_step`` (our training forward of the static ba
 ``model_with_decoder`` (our model with another fixture's decoder).
 
 All calls of our *whole* model go through :func:`run_ours`, the one adapter to update when the
-model / inference interfaces change.
+model / inference interfaces change; for WeCLIP+ (``official_plus_*.npz``), :func:`run_ours_plus`
+(with ``plus_model``: our WeCLIP+ with a fixture's decoder, on the regenerated CLIP and DINOv2
+weights).
 """
 
 import copy
@@ -36,6 +38,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORD_COMMAND = (
     "python tools/parity/record_official.py --official-repo <your clone of zbf1991/WeCLIP at "
     "0f47db4> (see docs/parity.md)"
+)
+PLUS_RECORD_COMMAND = (
+    "python tools/parity/record_official.py --model weclip_plus --official-repo <your clone of "
+    "zbf1991/WeCLIP at 0f47db4> --dinov2-repo <your clone of facebookresearch/dinov2> (see "
+    "docs/parity.md, WeCLIP+)"
 )
 
 # their datasets/transforms.py normalize_img: ImageNet mean/std on 0-255 RGB values
@@ -58,8 +65,9 @@ def fixture_path(key: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
+    command = PLUS_RECORD_COMMAND if key.startswith("plus_") else RECORD_COMMAND
     pytest.skip(
-        f"fixture {name} not found (tried {', '.join(map(str, tried))}); record it with: {RECORD_COMMAND}"
+        f"fixture {name} not found (tried {', '.join(map(str, tried))}); record it with: {command}"
     )
 
 
@@ -397,3 +405,167 @@ def iter_fixture_images(data: Mapping[str, np.ndarray]) -> Iterator[int]:
     while f"img{i}_uint8" in data:
         yield i
         i += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# WeCLIP+ (docs/parity.md, "WeCLIP+"): fixtures, our model, and the one adapter to it
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def official_plus_step() -> Dict[str, np.ndarray]:
+    """``official_plus_step.npz``: one WeCLIP+ training iteration before self-training."""
+    return _load("plus_step")
+
+
+@pytest.fixture(scope="session")
+def official_plus_self_training() -> Dict[str, np.ndarray]:
+    """``official_plus_step_self_training.npz``: one WeCLIP+ iteration with self-training."""
+    return _load("plus_self_training")
+
+
+@pytest.fixture(scope="session", params=["plus_step", "plus_self_training"])
+def official_plus(request) -> Dict[str, np.ndarray]:
+    """Each WeCLIP+ fixture in turn (tests that hold for both)."""
+    return request.getfixturevalue(
+        {"plus_step": "official_plus_step", "plus_self_training": "official_plus_self_training"}[
+            request.param
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def dino_random_file(tmp_path_factory) -> Path:
+    """The WeCLIP+ fixtures' DINOv2 weights, regenerated once per session (~88 MB, not kept)."""
+    from weclip.parity.random_dino import (
+        DINO_CONTENT_SHA256_PREFIX,
+        DINO_FILE_NAME,
+        write_random_dino,
+    )
+
+    out = tmp_path_factory.mktemp("dino_weights") / DINO_FILE_NAME
+    digest = write_random_dino(str(out))
+    assert digest.startswith(DINO_CONTENT_SHA256_PREFIX), (
+        f"{out}: content hash {digest[:16]} differs from the fixtures' "
+        f"{DINO_CONTENT_SHA256_PREFIX} (weclip.parity.random_dino or torch's generator changed?)"
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def plus_cfg(clip_qk4_file, dino_random_file):
+    """``configs/weclip_plus/voc_dinov2_s.py`` on the regenerated CLIP and DINOv2 weights (nothing
+    else changed)."""
+    from weclip.config import load_config
+
+    return load_config(
+        str(REPO_ROOT / "configs" / "weclip_plus" / "voc_dinov2_s.py"),
+        {"model.backbone.weights": str(clip_qk4_file), "model.dino.weights": str(dino_random_file)},
+    )
+
+
+@pytest.fixture(scope="session")
+def our_plus_base_model(plus_cfg):
+    """``build_model(configs/weclip_plus/voc_dinov2_s.py)`` (decoder: our own init), eval mode."""
+    from weclip.models.registry import build_model
+
+    return build_model(plus_cfg).eval()
+
+
+def plus_seeded_decoder_state(model: nn.Module, data: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+    """A WeCLIP+ fixture's initial trained weights under the authors' names: seeded
+    (``weclip.parity.random_decoder``) with the fixture's classifier (``classifier_weight`` /
+    ``classifier_bias``), for the names and shapes of *our* decoder mapped through
+    ``weclip.models.plus.official_names``; hash-checked against the fixture."""
+    from weclip.models.plus.official_names import plus_ours_to_official
+    from weclip.parity.random_decoder import random_decoder_state, state_sha256
+
+    shapes = {
+        plus_ours_to_official(k): tuple(v.shape) for k, v in model.decoder.state_dict().items()
+    }
+    state = dict(random_decoder_state(shapes, int(data["decoder_seed"])))
+    state["decoder.linear_pred.weight"] = torch.as_tensor(data["classifier_weight"])
+    state["decoder.linear_pred.bias"] = torch.as_tensor(data["classifier_bias"])
+    digest = state_sha256(state)
+    recorded = str(data["decoder_sha256"])
+    assert digest == recorded, (
+        f"regenerated WeCLIP+ decoder weights hash {digest[:16]} != the fixture's {recorded[:16]}"
+    )
+    return state
+
+
+def with_official_plus_decoder(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+    """A copy of our WeCLIP+ sharing the frozen backbones and the pipeline, with its own decoder
+    loaded from the authors' names (``WeCLIPPlus.load_official_state``)."""
+    copy_ = copy.copy(model)
+    copy_._modules = dict(model._modules)
+    copy_.decoder = copy.deepcopy(model.decoder)
+    copy_.load_official_state({k: torch.as_tensor(v) for k, v in state.items()})
+    return copy_.eval()
+
+
+@pytest.fixture(scope="session")
+def plus_model(our_plus_base_model) -> Callable[[Mapping[str, np.ndarray]], nn.Module]:
+    """``plus_model(fixture)``: our WeCLIP+ with that fixture's initial decoder (cached)."""
+    cache: Dict[int, nn.Module] = {}
+
+    def build(data: Mapping[str, np.ndarray]) -> nn.Module:
+        if id(data) not in cache:
+            state = plus_seeded_decoder_state(our_plus_base_model, data)
+            cache[id(data)] = with_official_plus_decoder(our_plus_base_model, state)
+        return cache[id(data)]
+
+    return build
+
+
+def run_ours_plus(
+    model: nn.Module,
+    images_uint8: torch.Tensor,
+    cls_labels: torch.Tensor,
+    *,
+    iteration: int,
+    dropout_keep: Mapping[str, torch.Tensor],
+) -> Dict[str, Any]:
+    """Run our WeCLIP+ as the authors' training loop ran one iteration in the recording.
+
+    A training forward (train mode) of the 0-255 RGB batch, each head's Dropout2d replaced by the
+    recorded keep mask (``dropout_keep["clip"]`` / ``["dino"]``, (B, 256) bool), at the 1-indexed
+    ``iteration`` (their ``n_iter`` + 1: self-training from 18,002). Returns the forward's dict
+    (``seg_logits``, ``seg_clip``, ``seg_dino``, ``aff``, ``pseudo_labels``, ``train_labels``,
+    ``cams``, ``cams_refined``, ``batch_index``, ``class_index``, ``self_training``, ``loss``
+    with its graph, the ``log`` terms flattened in), detached but for ``loss``, plus what the
+    RFM+ propagation received: ``trans`` (B, n, n) and ``gated_cams`` (P, h, w) (captured from
+    ``model.pipeline.propagate``). The one place to update when the WeCLIP+ interface changes.
+    """
+    decoder = model.decoder
+    heads = {"clip": decoder.clip_fusion, "dino": decoder.dino_fusion}
+    originals = {name: head.dropout for name, head in heads.items()}
+    captured: Dict[str, torch.Tensor] = {}
+    pipeline = model.pipeline
+    propagate = pipeline.propagate
+
+    def capture(trans, cam, masks, out_size):
+        captured["trans"] = trans.detach().clone()
+        captured["gated_cams"] = cam.cams.detach().clone()
+        return propagate(trans, cam, masks, out_size)
+
+    for name, head in heads.items():
+        head.dropout = RecordedDropout2d(torch.as_tensor(dropout_keep[name]), originals[name].p)
+    pipeline.propagate = capture
+    model.train()
+    try:
+        with torch.enable_grad():
+            out = dict(model(images_uint8, cls_labels, mode="loss", iteration=iteration))
+    finally:
+        for name, head in heads.items():
+            head.dropout = originals[name]
+        del pipeline.propagate  # back to the class's method
+        model.eval()
+    result = {
+        k: v.detach() if isinstance(v, torch.Tensor) else v
+        for k, v in out.items()
+        if k not in ("log", "loss")
+    }
+    result.update({k: v.detach() for k, v in out["log"].items()})
+    result.update(captured)
+    result["loss"] = out["loss"]
+    result["graph"] = {k: out[k] for k in ("seg_clip", "seg_dino", "aff")}
+    return result

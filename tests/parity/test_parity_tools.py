@@ -131,3 +131,35 @@ def test_find_official_root_names_the_expected_layout(tmp_path):
     (tmp_path / "WeCLIP" / "WeCLIP_model" / "model_attn_aff_voc.py").write_text("")
     assert find_official_root(str(tmp_path)) == str(tmp_path / "WeCLIP")
     assert find_official_root(str(tmp_path / "WeCLIP")) == str(tmp_path / "WeCLIP")
+
+
+def test_random_dino_is_the_fixtures_weights(tmp_path):
+    from weclip.models.dino_backbone import build_dino_backbone
+    from weclip.parity.random_dino import (
+        DINO_CONTENT_SHA256_PREFIX,
+        DINO_FILE_NAME,
+        dino_tensor_specs,
+        make_random_dino,
+        write_random_dino,
+    )
+
+    state = make_random_dino()
+    # the official dinov2_vits14_pretrain.pth layout: 175 float32 tensors, 22,056,576 values, a
+    # 37x37 positional table plus the CLS row (518 px / 14), 12 blocks with LayerScale
+    assert list(state) == [key for key, _, _ in dino_tensor_specs()] and len(state) == 175
+    assert all(v.dtype == torch.float32 for v in state.values())
+    assert sum(v.numel() for v in state.values()) == 22_056_576
+    assert state["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    assert state["blocks.11.ls2.gamma"].shape == (384,)
+    # the documented recipe for one tensor: a generator seeded with sha256("dinov2_vits14:" +
+    # key)[:8] (little endian, 63 bits), mean + std * randn; LayerNorm weights 1 +- 0.1
+    key = "blocks.3.norm1.weight"
+    seed = int.from_bytes(hashlib.sha256(f"dinov2_vits14:{key}".encode()).digest()[:8], "little")
+    generator = torch.Generator().manual_seed(seed & (2**63 - 1))
+    assert torch.equal(state[key], torch.randn(384, generator=generator) * 0.1 + 1.0)
+    assert content_sha256(state).startswith(DINO_CONTENT_SHA256_PREFIX)
+    # the file our model reads as an official file (strictly: every key used, none missing)
+    path = tmp_path / DINO_FILE_NAME
+    assert write_random_dino(str(path)).startswith(DINO_CONTENT_SHA256_PREFIX)
+    dino = build_dino_backbone({"arch": "dinov2_vits14", "weights": str(path)})
+    assert torch.equal(dino.vit.blocks[3].norm1.weight, state[key])

@@ -16,6 +16,14 @@ their keys). Recording is deterministic: the same command on the same machine wr
 bytes (one torch thread, seeded everything, fixed zip metadata). About 5 minutes on one CPU core;
 the CLIP weights (~300 MB) go to a temporary folder and are deleted afterwards.
 
+WeCLIP+ (the ``WeCLIP+/`` folder of the same clone, docs/parity.md "WeCLIP+"): ``--model weclip_plus``
+with a local clone of https://github.com/facebookresearch/dinov2 (its hub code builds their DINOv2,
+on random ViT-S/14 weights of :mod:`weclip.parity.random_dino`) records the ``plus_*`` stages::
+
+    git clone https://github.com/facebookresearch/dinov2 /tmp/dinov2
+    python tools/parity/record_official.py --model weclip_plus --official-repo /tmp/WeCLIP-official \
+        --dinov2-repo /tmp/dinov2
+
 ``--reproduce-static FILE`` instead replays the inputs of an existing static fixture (its images,
 labels, decoder weights and Dropout2d mask) through the authors' code and prints, per array, the
 largest difference to what the file holds.
@@ -40,6 +48,7 @@ REPO = os.path.dirname(os.path.dirname(TOOLS))
 sys.path.insert(0, REPO)  # the repository, for `weclip`
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from weclip.parity.fixtures import FIXTURE_FILES, MANIFEST, load_npz, save_npz, write_json  # noqa: E402
 from weclip.parity.official import (  # noqa: E402
@@ -48,16 +57,55 @@ from weclip.parity.official import (  # noqa: E402
     find_official_root,
     official_code_sha256,
 )
+from weclip.parity.official_plus import (  # noqa: E402
+    OfficialWeCLIPPlus,
+    find_dinov2_root,
+    find_official_plus_root,
+)
 from weclip.parity.random_clip import (  # noqa: E402
     QK4_CONTENT_SHA256_PREFIX,
     content_sha256,
     write_random_clip,
 )
 from weclip.parity.random_decoder import random_decoder_state, state_sha256  # noqa: E402
+from weclip.parity.random_dino import (  # noqa: E402
+    DINO_CONTENT_SHA256_PREFIX,
+    DINO_FILE_NAME,
+    write_random_dino,
+)
 from weclip.parity.synthetic import scene_batch, synthetic_scene  # noqa: E402
 
 DEFAULT_OUT = os.path.join(REPO, "work_dirs", "parity_fixtures")
 STAGES = ("static", "rfm", "two_steps", "inference", "val_pseudo", "evaluate")
+#: WeCLIP+ stages (``--model weclip_plus``): stage -> (first scene index, their 0-based n_iter).
+#: n_iter 50: the first poly step of their schedule, before self-training; 18001: the first step
+#: of their loop's ``if n_iter > 18000`` self-training branch (RFM+ is always on).
+PLUS_STEPS: Dict[str, Tuple[int, int]] = {
+    "plus_step": (300, 50),
+    "plus_self_training": (304, 18001),
+}
+PLUS_STAGES = tuple(PLUS_STEPS)
+MODELS = {"weclip": STAGES, "weclip_plus": PLUS_STAGES}
+#: WeCLIP+ trained tensors whose gradients the fixtures store in full (one of every kind: both
+#: heads' MLP layers and fuse convs, attention, LayerNorm, MLP, the shared classifier).
+PLUS_FULL_TENSORS = (
+    "decoder_fts_fuse.linears_modulelist.0.proj.weight",
+    "decoder_fts_fuse.linear_fuse.bias",
+    "dino_decoder_fts_fuse.linears_modulelist.0.proj_2.weight",
+    "dino_decoder_fts_fuse.linear_fuse.weight",
+    "decoder.transformer.resblocks.0.attn.in_proj_weight",
+    "decoder.transformer.resblocks.1.ln_1.weight",
+    "decoder.transformer.resblocks.2.mlp.c_proj.weight",
+    "decoder.linear_pred.weight",
+    "decoder.linear_pred.bias",
+)
+#: Classifier scales tried (in order) for the WeCLIP+ fixtures' decoder: the first one whose
+#: mean prediction is confident (max softmax > 0.75, their self-training threshold) on at least
+#: PLUS_MIN_CONFIDENT of the decoder grid, with background and foreground predicted by both
+#: branches (see PlusRecorder.decoder).
+PLUS_CLASSIFIER_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+PLUS_MIN_CONFIDENT = 0.2
+PLUS_BACKGROUND = 0.3  # share of the grid the fixtures' decoder predicts as background
 #: Sizes (H, W) of the inference / validation images: sides not multiples of 16 (VOC's 500x375
 #: landscape and 333x500 portrait) and one square that is.
 EVAL_SIZES: Tuple[Tuple[int, int], ...] = ((375, 500), (500, 333), (480, 480))
@@ -642,7 +690,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--official-repo",
         required=True,
-        help="your clone of zbf1991/WeCLIP (or its WeCLIP/ folder)",
+        help="your clone of zbf1991/WeCLIP (or its WeCLIP/ folder; WeCLIP+/ with --model "
+        "weclip_plus)",
+    )
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="weclip",
+        help="whose fixtures to record: weclip (WeCLIP/, default) or weclip_plus (WeCLIP+/)",
+    )
+    p.add_argument(
+        "--dinov2-repo",
+        default=None,
+        help="weclip_plus: a local clone of facebookresearch/dinov2 (their torch.hub.load of "
+        "DINOv2 is redirected to it)",
+    )
+    p.add_argument(
+        "--dino-weights",
+        default=None,
+        help=f"weclip_plus: reuse a file written by `python -m weclip.parity.random_dino "
+        f"DIR/{DINO_FILE_NAME}` (default: write one to a temporary folder)",
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument(
@@ -653,8 +720,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        default=",".join(STAGES),
-        help=f"comma-separated stages to record (default all: {','.join(STAGES)})",
+        default=None,
+        help=f"comma-separated stages to record (default all of the model's: weclip "
+        f"{','.join(STAGES)}; weclip_plus {','.join(PLUS_STAGES)})",
     )
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the synthetic scenes")
     p.add_argument(
@@ -677,44 +745,311 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "(writes nothing)",
     )
     args = p.parse_args(argv)
-    unknown = sorted(set(args.only.split(",")) - set(STAGES))
+    known = MODELS[args.model]
+    if args.only is None:
+        args.only = ",".join(known)
+    unknown = sorted(set(args.only.split(",")) - set(known))
     if unknown:
-        p.error(f"--only: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+        p.error(f"--only: unknown {args.model} stage(s) {unknown}; known: {', '.join(known)}")
+    if args.model == "weclip_plus":
+        if not args.dinov2_repo:
+            p.error("--model weclip_plus needs --dinov2-repo (a clone of facebookresearch/dinov2)")
+        if args.reproduce_static:
+            p.error("--reproduce-static replays a WeCLIP fixture (--model weclip)")
     return args
+
+
+class PlusRecorder:
+    """Records the WeCLIP+ stages (:data:`PLUS_STEPS`); every stage returns (arrays, manifest
+    description). One fresh harness per stage: each fixture starts from the seeded decoder and a
+    fresh optimizer."""
+
+    def __init__(
+        self, args: argparse.Namespace, clip_file: str, clip_hash: str, dino_file: str
+    ) -> None:
+        self.args = args
+        self.clip_file = clip_file
+        self.clip_hash = clip_hash
+        self.dino_file = dino_file
+        self.patches: List[str] = []
+
+    def harness(self) -> OfficialWeCLIPPlus:
+        harness = OfficialWeCLIPPlus(
+            self.args.official_repo, self.clip_file, self.args.dinov2_repo, self.dino_file, seed=1
+        )
+        self.patches = harness.patches
+        return harness
+
+    def decoder(
+        self, harness: OfficialWeCLIPPlus, images: np.ndarray
+    ) -> Tuple["OrderedDict[str, torch.Tensor]", float]:
+        """The fixture's decoder: seeded weights (:mod:`weclip.parity.random_decoder`) with the
+        shared classifier centred and scaled on this batch, loaded into ``harness``.
+
+        A freshly initialised decoder predicts one class everywhere, which in their loop makes the
+        cross-branch losses 0/0 (no background or no foreground target pixel, doc §5.3) and the
+        self-training branch a no-op (no prediction above 0.75). So the classifier bias is set to
+        ``-W @ mean`` (the mean of the classifier's inputs over both branches and the batch, from
+        their forward in eval mode: logits centred per class), the background bias is raised until
+        background wins on :data:`PLUS_BACKGROUND` of the grid, and weight and bias are multiplied by
+        the first scale of :data:`PLUS_CLASSIFIER_SCALES` that makes the mean prediction confident
+        on at least :data:`PLUS_MIN_CONFIDENT` of the grid with both branches predicting
+        background and foreground somewhere. The classifier is stored in the fixture.
+        """
+        state = random_decoder_state(harness.decoder_shapes(), self.args.decoder_seed)
+        harness.load_decoder_state(state)
+        f_clip, f_dino = harness.classifier_inputs(torch.from_numpy(images))
+        weight = state["decoder.linear_pred.weight"][:, :, 0, 0].double()
+        feats = torch.cat([f_clip, f_dino]).double()
+        mean = feats.transpose(0, 1).flatten(1).mean(dim=1)
+        bias = -(weight @ mean)
+
+        def logits(f: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            z = torch.einsum("ck,bkhw->bchw", weight, f.double()) + bias[None, :, None, None]
+            return scale * z
+
+        # background on about PLUS_BACKGROUND of the grid: its bias raised by the matching
+        # quantile of its margin to the best foreground class under the mean prediction
+        z = logits(0.5 * f_clip + 0.5 * f_dino)
+        margin = z[:, 0] - z[:, 1:].amax(dim=1)
+        bias[0] -= float(torch.quantile(margin.flatten(), 1.0 - PLUS_BACKGROUND))
+        for scale in PLUS_CLASSIFIER_SCALES:
+            z_clip, z_dino = logits(f_clip, scale), logits(f_dino, scale)
+            confident = float(
+                (F.softmax(0.5 * z_clip + 0.5 * z_dino, dim=1).amax(1) > 0.75).double().mean()
+            )
+            both = all(
+                bool((z.argmax(1) == 0).any()) and bool((z.argmax(1) != 0).any())
+                for z in (z_clip, z_dino)
+            )
+            log(f"classifier scale {scale:g}: confident {confident:.1%}, bg and fg: {both}")
+            if confident >= PLUS_MIN_CONFIDENT and both:
+                break
+        else:
+            raise RuntimeError("no classifier scale gives a confident, mixed prediction")
+        state["decoder.linear_pred.weight"] = (weight * scale).float()[:, :, None, None]
+        state["decoder.linear_pred.bias"] = (bias * scale).float()
+        harness.load_decoder_state(state)
+        return state, float(scale)
+
+    def meta(self, **extra: Any) -> str:
+        payload = {
+            "commit": OFFICIAL_COMMIT,
+            "folder": "WeCLIP+",
+            "precision": "fp32",
+            "crop": 320,
+            "radius": 8,
+            "patches": self.patches,
+            "clip_weights": f"weclip.parity.random_clip --qk-scale 4 (content sha256 prefix "
+            f"{self.clip_hash[:16]})",
+            "dino_weights": f"weclip.parity.random_dino ({DINO_FILE_NAME}, content sha256 prefix "
+            f"{DINO_CONTENT_SHA256_PREFIX})",
+            **extra,
+        }
+        return json.dumps(payload, sort_keys=True)
+
+    def stage(self, name: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        first, n_iter = PLUS_STEPS[name]
+        harness = self.harness()
+        images, labels, _ = scene_batch(self.args.scene_seed, first, 4, (320, 320))
+        inputs = official_normalize(images)
+        if not np.array_equal(harness.normalize(torch.from_numpy(images)).numpy(), inputs):
+            raise RuntimeError("official_normalize differs from their normalize_img")
+        state, scale = self.decoder(harness, images)
+        names = list(harness.decoder_shapes())
+        missing = [n for n in PLUS_FULL_TENSORS if n not in names]
+        if missing:
+            raise KeyError(f"PLUS_FULL_TENSORS not in their model: {missing}")
+        step = harness.train_step(
+            torch.from_numpy(inputs),
+            torch.from_numpy(labels),
+            n_iter=n_iter,
+            return_grads=True,
+            trace=True,
+        )
+        losses = ("seg_loss", "dice_loss", "cross_clip_loss", "cross_dino_loss", "aff_loss", "loss")
+        bad = [k for k in losses if not bool(torch.isfinite(step[k]))]
+        if bad:
+            raise RuntimeError(f"their losses {bad} are not finite (classifier scale {scale})")
+        replaced = float((step["train_labels"] != step["pseudo_labels"]).double().mean())
+        if step["self_training"] != (n_iter > 18000) or (step["self_training"] and replaced == 0):
+            raise RuntimeError(f"self-training {step['self_training']}, replaced {replaced:.1%}")
+        log(f"{name}: n_iter {n_iter}, self-training replaced {replaced:.2%} of the pixels")
+        weights = harness.decoder_state()
+        recs = step["images"]
+        rec0 = recs[0]
+        blocks, attns = step["clip_block_out"], step["clip_attn"]  # (11, L, B, D), (11, B, L, L)
+        arrays: Dict[str, np.ndarray] = {
+            "img_names": np.array([f"scene_{first + i:03d}" for i in range(4)]),
+            "images_uint8": images,
+            "cls_labels": labels.astype(np.float32),
+            "text_fg": _f32(harness.model.fg_text_features),
+            "text_bg": _f32(harness.model.bg_text_features),
+            "decoder_seed": np.asarray(self.args.decoder_seed, dtype=np.int64),
+            "classifier_scale": np.asarray(scale, dtype=np.float64),
+            "classifier_weight": _f32(state["decoder.linear_pred.weight"]),
+            "classifier_bias": _f32(state["decoder.linear_pred.bias"]),
+            "decoder_sha256": np.array(state_sha256(state)),
+            "param_names": np.array(names),
+            "full_tensors": np.array(PLUS_FULL_TENSORS),
+            "n_iter": np.asarray(n_iter, dtype=np.int64),
+            "self_training": np.asarray(bool(step["self_training"])),
+            "lr": np.asarray(step["lr"], dtype=np.float64),
+            "dino_input_size": np.asarray(step["dino_input_size"], dtype=np.int64),
+            "dino_tokens": _f32(step["dino_tokens"]),
+            "clip_block10": _f32(blocks[-1].transpose(1, 0, 2)),
+            "clip_block9_img0": _f32(blocks[-2][:, 0]),
+            "clip_attn_last6_img0": np.concatenate(
+                [_f32(attns[-5:, 0]), _f32(rec0["attn_last"][0])[None]]
+            ),
+            "clip_pre_dropout": _f32(step["clip_pre_dropout"]),
+            "clip_fused": _f32(step["clip_fused"]),
+            "clip_keep": step["clip_keep"].numpy().astype(bool),
+            "dino_pre_dropout": _f32(step["dino_pre_dropout"]),
+            "dino_fused": _f32(step["dino_fused"]),
+            "dino_keep": step["dino_keep"].numpy().astype(bool),
+            "dino_fused_grid": _f32(step["decoder_input_dino"]),
+            "seg_clip": _f32(step["seg_clip"]),
+            "seg_dino": _f32(step["seg_dino"]),
+            "attn_pred": _f32(step["attn_pred"]),
+            "gate_probs": np.stack([_f32(r["gate_probs"]) for r in recs]),
+            "rfm_diff": np.stack([_f32(r["rfm_diff"]) for r in recs]),
+            "rfm_diff_mean": np.stack([_f32(r["rfm_diff_mean"]) for r in recs]),
+            "rfm_keep": np.stack([r["rfm_keep"] for r in recs]).astype(bool),
+            "rfm_affinity_img0": _f32(rec0["affinity"]),
+            "trans_mat": np.stack([_f32(r["trans_mat"]) for r in recs]),
+            **_pair_arrays(step),
+            "cams_refined_lowres_all": np.concatenate(
+                [_f32(r["cams_refined_lowres"]) for r in recs]
+            ),
+            "label_ids_img0": rec0["label_ids"].astype(np.int64),
+            "gradcam_probs_img0": _f32(np.stack(rec0["gradcam_probs"])),
+            "gradcam_target_img0": np.arange(len(rec0["label_ids"]), dtype=np.int64),
+            "cams_img0": _f32(np.stack(rec0["gradcam_cams"])),
+            "gradcam_acts_img0": _f32(np.stack(rec0["gradcam_acts"])),
+            "gradcam_grads_img0": _f32(np.stack(rec0["gradcam_grads"])),
+            "cams_refined_lowres_img0": _f32(rec0["cams_refined_lowres"]),
+            "cams_refined_img0": _f32(rec0["cams_refined"]),
+            "par_in_img0": _f32(rec0["par_in"]),
+            "par_out_img0": _f32(rec0["par_out"]),
+            "par_keys_img0": rec0["par_keys"].astype(np.int64),
+            "pseudo_label": step["pseudo_labels"].numpy().astype(np.uint8),
+            "train_label": step["train_labels"].numpy().astype(np.uint8),
+            "pred_max": _f32(step["pred_max"]),
+            "pred_label_seg": step["pred_label_seg"].numpy().astype(np.uint8),
+            "pred_label_clip": step["pred_label_clip"].numpy().astype(np.uint8),
+            "pred_label_dino": step["pred_label_dino"].numpy().astype(np.uint8),
+            "aff_label": step["aff_label"].numpy().astype(np.uint8),
+            **{k: _f32(step[k]) for k in losses},
+            "aff_pos_count": np.asarray(int(step["aff_pos_count"]), dtype=np.int64),
+            "aff_neg_count": np.asarray(int(step["aff_neg_count"]), dtype=np.int64),
+            "grad_stats": _stats(step["grads"], names),
+            "weight_stats": _stats(weights, names),
+        }
+        for tensor in PLUS_FULL_TENSORS:
+            arrays["grad." + tensor] = _f32(step["grads"][tensor])
+        for tensor in names:  # every weight after their AdamW step
+            arrays["weight." + tensor] = _f32(weights[tensor])
+        arrays["meta_json"] = np.array(
+            self.meta(
+                n_iter=n_iter,
+                self_training=bool(step["self_training"]),
+                batch=4,
+                scene_seed=self.args.scene_seed,
+                decoder_seed=self.args.decoder_seed,
+                classifier_scale=scale,
+            )
+        )
+        harness.close()
+        what = (
+            f"one iteration of their WeCLIP+ training loop at n_iter = {n_iter} ("
+            + ("self-training active: n_iter > 18000" if n_iter > 18000 else "before self-training")
+            + ", RFM+ always on), batch of 4 synthetic 320x320 scenes: DINOv2 tokens, both "
+            "heads before/after Dropout2d, seg_clip/seg_dino, the concatenated-feature affinity, "
+            "the gate probabilities, RFM+ layer choice, affinity and transition matrices, CAMs and "
+            "refined CAMs of every pair, PAR (img0), pseudo-labels before/after self-training, "
+            "cross-branch targets, every loss term, gradients (sums of all, 9 in full), learning "
+            "rate and every weight after their PolyWarmupAdamW step"
+        )
+        return arrays, {
+            "what": what,
+            "scenes": f"synthetic_scene(seed={self.args.scene_seed}, index={first}..{first + 3}, "
+            "320, 320)",
+            "decoder": f"random_decoder_state(seed={self.args.decoder_seed}), classifier centred "
+            f"on the batch and scaled by {scale:g} (stored: classifier_weight, classifier_bias)",
+            "patches": self.patches,
+        }
+
+    def plus_step(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        return self.stage("plus_step")
+
+    def plus_self_training(self) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        return self.stage("plus_self_training")
+
+
+def _weights(
+    args: argparse.Namespace, tmp: str, start: float
+) -> Tuple[str, str, Optional[str], Optional[str]]:
+    """The CLIP (and for WeCLIP+ the DINOv2) weights files and their content hashes."""
+    if args.clip_weights:
+        clip_file = args.clip_weights
+        clip_hash = content_sha256(torch.load(clip_file, map_location="cpu", weights_only=True))
+    else:
+        clip_file = os.path.join(tmp, "clip_qk4.pt")
+        clip_hash = write_random_clip(clip_file, qk_scale=4.0)
+    if not clip_hash.startswith(QK4_CONTENT_SHA256_PREFIX):
+        raise ValueError(
+            f"{clip_file}: content sha256 {clip_hash[:16]} is not the fixtures' "
+            f"{QK4_CONTENT_SHA256_PREFIX} (not written by random_clip --qk-scale 4?)"
+        )
+    log(
+        f"CLIP weights {clip_file} (content sha256 {clip_hash[:16]}): "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    if args.model != "weclip_plus":
+        return clip_file, clip_hash, None, None
+    if args.dino_weights:
+        dino_file = args.dino_weights
+        dino_hash = content_sha256(torch.load(dino_file, map_location="cpu", weights_only=True))
+    else:
+        dino_file = os.path.join(tmp, DINO_FILE_NAME)
+        dino_hash = write_random_dino(dino_file)
+    if not dino_hash.startswith(DINO_CONTENT_SHA256_PREFIX):
+        raise ValueError(
+            f"{dino_file}: content sha256 {dino_hash[:16]} is not the fixtures' "
+            f"{DINO_CONTENT_SHA256_PREFIX} (not written by weclip.parity.random_dino?)"
+        )
+    log(f"DINOv2 weights {dino_file} (content sha256 {dino_hash[:16]})")
+    return clip_file, clip_hash, dino_file, dino_hash
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    root = find_official_root(args.official_repo)
+    plus = args.model == "weclip_plus"
+    root = (
+        find_official_plus_root(args.official_repo)
+        if plus
+        else find_official_root(args.official_repo)
+    )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="weclip_clip_") as tmp:
-        if args.clip_weights:
-            clip_file = args.clip_weights
-            clip_hash = content_sha256(torch.load(clip_file, map_location="cpu", weights_only=True))
-        else:
-            clip_file = os.path.join(tmp, "clip_qk4.pt")
-            clip_hash = write_random_clip(clip_file, qk_scale=4.0)
-        if not clip_hash.startswith(QK4_CONTENT_SHA256_PREFIX):
-            raise ValueError(
-                f"{clip_file}: content sha256 {clip_hash[:16]} is not the fixtures' "
-                f"{QK4_CONTENT_SHA256_PREFIX} (not written by random_clip --qk-scale 4?)"
-            )
-        log(
-            f"CLIP weights {clip_file} (content sha256 {clip_hash[:16]}): "
-            f"{time.perf_counter() - start:.1f} s"
-        )
+        clip_file, clip_hash, dino_file, dino_hash = _weights(args, tmp, start)
         if args.reproduce_static:
             reproduce_static(args, clip_file)
             return
-        recorder = Recorder(args, clip_file, clip_hash)
+        if plus:
+            recorder: Any = PlusRecorder(args, clip_file, clip_hash, dino_file)
+        else:
+            recorder = Recorder(args, clip_file, clip_hash)
         os.makedirs(args.out, exist_ok=True)
         manifest_path = os.path.join(args.out, MANIFEST)
-        files: Dict[str, Any] = {}
+        previous: Dict[str, Any] = {}
         if os.path.isfile(manifest_path):  # keep the entries of stages not re-recorded
             with open(manifest_path) as f:
-                files = json.load(f).get("files", {})
-        for stage in [s for s in STAGES if s in args.only.split(",")]:
+                previous = json.load(f)
+        files: Dict[str, Any] = previous.get("files", {})
+        for stage in [s for s in MODELS[args.model] if s in args.only.split(",")]:
             t0 = time.perf_counter()
             arrays, info = getattr(recorder, stage)()
             path = os.path.join(args.out, FIXTURE_FILES[stage])
@@ -729,27 +1064,58 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "arrays": _describe(arrays),
             }
             log(f"{stage}: {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
-        manifest = OrderedDict(
-            official_code={
-                "repository": "https://github.com/zbf1991/WeCLIP",
-                "expected_commit": OFFICIAL_COMMIT,
-                "git_head": _git_commit(root),
-                "python_sources_sha256": official_code_sha256(root),
-            },
-            versions=recorder.versions,
-            patches=recorder.patches,
-            clip_weights={
-                "generator": "weclip.parity.random_clip (qk_scale=4)",
-                "content_sha256": clip_hash,
-            },
-            seeds={
-                "scene_seed": args.scene_seed,
-                "decoder_seed": args.decoder_seed,
-                "their_setup_seed": 1,
-            },
-            threads=args.threads,
-            files=files,
-        )
+        versions = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "cv2": __import__("cv2").__version__,
+        }
+        official_code = {
+            "repository": "https://github.com/zbf1991/WeCLIP",
+            "expected_commit": OFFICIAL_COMMIT,
+            "git_head": _git_commit(root),
+            "python_sources_sha256": official_code_sha256(root),
+        }
+        manifest = OrderedDict(previous)
+        if plus:
+            hub_root = find_dinov2_root(args.dinov2_repo)
+            manifest["weclip_plus"] = {
+                "official_code": {**official_code, "folder": "WeCLIP+"},
+                "dinov2_hub_code": {
+                    "repository": "https://github.com/facebookresearch/dinov2",
+                    "git_head": _git_commit(hub_root),
+                    "python_sources_sha256": official_code_sha256(hub_root),
+                },
+                "patches": recorder.patches,
+                "clip_weights": {
+                    "generator": "weclip.parity.random_clip (qk_scale=4)",
+                    "content_sha256": clip_hash,
+                },
+                "dino_weights": {
+                    "generator": f"weclip.parity.random_dino ({DINO_FILE_NAME})",
+                    "content_sha256": dino_hash,
+                },
+                "seeds": {
+                    "scene_seed": args.scene_seed,
+                    "decoder_seed": args.decoder_seed,
+                    "their_setup_seed": 1,
+                },
+            }
+        else:
+            manifest.update(
+                official_code=official_code,
+                patches=recorder.patches,
+                clip_weights={
+                    "generator": "weclip.parity.random_clip (qk_scale=4)",
+                    "content_sha256": clip_hash,
+                },
+                seeds={
+                    "scene_seed": args.scene_seed,
+                    "decoder_seed": args.decoder_seed,
+                    "their_setup_seed": 1,
+                },
+            )
+        manifest.update(versions=versions, threads=args.threads, files=files)
         write_json(manifest_path, manifest)
     log(f"done in {time.perf_counter() - start:.1f} s: {args.out}")
 

@@ -25,6 +25,9 @@ FIXTURE_FILES: Dict[str, str] = {
     "inference": "official_msc_inference.npz",
     "val_pseudo": "official_val_pseudo.npz",
     "evaluate": "official_evaluate.npz",
+    # WeCLIP+ (the authors' WeCLIP+/ folder; docs/parity.md, "WeCLIP+")
+    "plus_step": "official_plus_step.npz",
+    "plus_self_training": "official_plus_step_self_training.npz",
 }
 MANIFEST = "manifest.json"
 

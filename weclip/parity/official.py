@@ -164,14 +164,17 @@ def _stub_plan() -> Dict[str, types.ModuleType]:
     return plan
 
 
-def _is_theirs(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in _THEIR_PACKAGES)
+def _is_theirs(name: str, packages: Sequence[str] = _THEIR_PACKAGES) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
 
 
 @contextlib.contextmanager
-def _isolated_import(root: str, stubs: Mapping[str, types.ModuleType]) -> Iterator[None]:
-    """Import the authors' modules from ``root`` without leaving their names in ``sys.modules``."""
-    shadowed = {n: m for n, m in sys.modules.items() if _is_theirs(n)}
+def _isolated_import(
+    root: str, stubs: Mapping[str, types.ModuleType], packages: Sequence[str] = _THEIR_PACKAGES
+) -> Iterator[None]:
+    """Import the authors' modules from ``root`` without leaving their names in ``sys.modules``
+    (``packages``: their top-level package names)."""
+    shadowed = {n: m for n, m in sys.modules.items() if _is_theirs(n, packages)}
     for name in shadowed:
         del sys.modules[name]
     saved_path = list(sys.path)
@@ -187,7 +190,7 @@ def _isolated_import(root: str, stubs: Mapping[str, types.ModuleType]) -> Iterat
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
-        for name in [n for n in sys.modules if _is_theirs(n)]:
+        for name in [n for n in sys.modules if _is_theirs(n, packages)]:
             del sys.modules[name]
         sys.modules.update(shadowed)
         for name, module in previous_stubs.items():
@@ -282,6 +285,168 @@ class _GradCAMTap:
         record.setdefault("gradcam_acts", []).append(_np(acts[0][0]))
         record.setdefault("gradcam_grads", []).append(_np(grads[0][0]))
         return grayscale, probs, attn_last
+
+
+@contextlib.contextmanager
+def _trace_forward(
+    model_mod: types.ModuleType,
+    clip_tool: types.ModuleType,
+    model: torch.nn.Module,
+    trace: Optional[_Trace],
+) -> Iterator[None]:
+    """Wrap their per-image functions so that ``trace`` receives the intermediate values.
+
+    ``model_mod``: their model module (it imported ``generate_clip_fts``, ``perform_single_voc_cam``,
+    ``generate_cam_label`` and defines ``_refine_cams``); ``clip_tool``: their ``clip.clip_tool``;
+    ``model``: their model (``grad_cam``, ``par``). WeCLIP's and WeCLIP+'s VOC models share these
+    names, so both harnesses use this.
+    """
+    if trace is None:
+        yield
+        return
+    originals = {
+        (model_mod, "generate_clip_fts"): model_mod.generate_clip_fts,
+        (model_mod, "perform_single_voc_cam"): model_mod.perform_single_voc_cam,
+        (model_mod, "generate_cam_label"): model_mod.generate_cam_label,
+        (model_mod, "_refine_cams"): model_mod._refine_cams,
+        (clip_tool, "scoremap2bbox"): clip_tool.scoremap2bbox,
+        (clip_tool, "compute_trans_mat"): clip_tool.compute_trans_mat,
+    }
+    target_code = originals[(model_mod, "perform_single_voc_cam")].__code__
+
+    def clip_fts(*args: Any, **kwargs: Any) -> Any:
+        fts, attns = originals[(model_mod, "generate_clip_fts")](*args, **kwargs)
+        trace.clip_block_out = np.stack([_np(f) for f in fts])
+        trace.clip_attn = np.stack([_np(a) for a in attns])
+        return fts, attns
+
+    def single_cam(*args: Any, **kwargs: Any) -> Any:
+        trace.images.append({})
+        captured: Dict[str, Any] = {}
+
+        def profiler(frame: Any, event: str, arg: Any) -> None:
+            # their layer choice is a local of perform_single_voc_cam: read it on return
+            if event == "return" and frame.f_code is target_code:
+                for key in ("attn_diff", "diff_th", "attn_mask", "label_id_list"):
+                    if key in frame.f_locals:
+                        captured[key] = frame.f_locals[key]
+
+        previous = sys.getprofile()
+        sys.setprofile(profiler)
+        try:
+            out = originals[(model_mod, "perform_single_voc_cam")](*args, **kwargs)
+        finally:
+            sys.setprofile(previous)
+        record = trace.current
+        record["label_ids"] = np.asarray(captured["label_id_list"], dtype=np.int64)
+        if "attn_diff" in captured:
+            record["rfm_diff"] = _np(captured["attn_diff"])
+            record["rfm_diff_mean"] = _np(captured["diff_th"])
+            record["rfm_keep"] = _np(captured["attn_mask"][:, 0, 0]) > 0
+        return out
+
+    def cam_label(cam_refined_list: Any, keys: Any, w: int, h: int) -> Any:
+        trace.current["cams_refined_lowres"] = np.stack([_np(c) for c in cam_refined_list])
+        out = originals[(model_mod, "generate_cam_label")](cam_refined_list, keys, w, h)
+        trace.current["cams_refined"] = _np(out["refined_cam"])
+        trace.current["keys"] = np.asarray(out["keys"], dtype=np.int64)
+        return out
+
+    def refine_cams(ref_mod: Any, images: Any, cams: Any, valid_key: Any) -> Any:
+        trace.current["par_in"] = _np(cams)
+        trace.current["par_keys"] = _np(valid_key).astype(np.int64)
+        return originals[(model_mod, "_refine_cams")](ref_mod, images, cams, valid_key)
+
+    def boxes(*args: Any, **kwargs: Any) -> Any:
+        box, count = originals[(clip_tool, "scoremap2bbox")](*args, **kwargs)
+        trace.current.setdefault("boxes", []).append(np.asarray(box, dtype=np.int64)[:count])
+        return box, count
+
+    def trans_mat(attn_weight: Any) -> Any:
+        out = originals[(clip_tool, "compute_trans_mat")](attn_weight)
+        trace.current["affinity"] = _np(attn_weight)
+        trace.current["trans_mat"] = _np(out)
+        return out
+
+    replacements = {
+        (model_mod, "generate_clip_fts"): clip_fts,
+        (model_mod, "perform_single_voc_cam"): single_cam,
+        (model_mod, "generate_cam_label"): cam_label,
+        (model_mod, "_refine_cams"): refine_cams,
+        (clip_tool, "scoremap2bbox"): boxes,
+        (clip_tool, "compute_trans_mat"): trans_mat,
+    }
+    grad_cam = model.grad_cam
+    model.grad_cam = _GradCAMTap(grad_cam, trace)
+
+    def par_hook(module: Any, inputs: Any, output: Any) -> None:
+        trace.current["par_out"] = _np(output[0])
+
+    handle = model.par.register_forward_hook(par_hook)
+    for (owner, attr), fn in replacements.items():
+        setattr(owner, attr, fn)
+    try:
+        yield
+    finally:
+        for (owner, attr), fn in originals.items():
+            setattr(owner, attr, fn)
+        model.grad_cam = grad_cam
+        handle.remove()
+
+
+def _trained_shapes(
+    model: torch.nn.Module, prefixes: Tuple[str, ...]
+) -> "OrderedDict[str, Tuple[int, ...]]":
+    """Names and shapes of their model's parameters under ``prefixes`` (the trained parts)."""
+    return OrderedDict(
+        (n, tuple(p.shape)) for n, p in model.named_parameters() if n.startswith(prefixes)
+    )
+
+
+def _trained_state(
+    model: torch.nn.Module, prefixes: Tuple[str, ...]
+) -> "OrderedDict[str, torch.Tensor]":
+    """A CPU copy of their model's parameters under ``prefixes``, under their names."""
+    return OrderedDict(
+        (n, p.detach().cpu().clone()) for n, p in model.named_parameters() if n.startswith(prefixes)
+    )
+
+
+def _load_trained_state(
+    model: torch.nn.Module, prefixes: Tuple[str, ...], state: Mapping[str, torch.Tensor]
+) -> None:
+    """Copy ``state`` (their names, every parameter under ``prefixes``) into their model.
+
+    Raises:
+        KeyError: a missing or unexpected name (listed).
+        ValueError: a shape mismatch (named).
+    """
+    params = {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(f"decoder state: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = torch.as_tensor(state[name])
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"decoder state '{name}': shape {tuple(value.shape)}, model {tuple(param.shape)}"
+                )
+            param.copy_(value.to(param.dtype))
+
+
+def _normalize_images(transforms: types.ModuleType, images: torch.Tensor) -> torch.Tensor:
+    """Their ``datasets.transforms.normalize_img`` (module ``transforms``) on (B, 3, H, W) or
+    (3, H, W) uint8 RGB -> float32 of the same shape."""
+    single = images.dim() == 3
+    batch = images[None] if single else images
+    if batch.dtype != torch.uint8:
+        raise ValueError(f"normalize expects uint8 images, got {batch.dtype}")
+    hwc = batch.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([transforms.normalize_img(x) for x in hwc]).transpose(0, 3, 1, 2)
+    out = torch.from_numpy(np.ascontiguousarray(out))
+    return out[0] if single else out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,19 +627,11 @@ class OfficialWeCLIP:
 
     def decoder_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
         """Names (theirs) and shapes of the trained parameters (fusion head + decoder)."""
-        return OrderedDict(
-            (n, tuple(p.shape))
-            for n, p in self.model.named_parameters()
-            if n.startswith(_DECODER_PREFIXES)
-        )
+        return _trained_shapes(self.model, _DECODER_PREFIXES)
 
     def decoder_state(self) -> "OrderedDict[str, torch.Tensor]":
         """A CPU copy of the trained parameters under their names."""
-        return OrderedDict(
-            (n, p.detach().cpu().clone())
-            for n, p in self.model.named_parameters()
-            if n.startswith(_DECODER_PREFIXES)
-        )
+        return _trained_state(self.model, _DECODER_PREFIXES)
 
     def load_decoder_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Copy decoder weights (their names, every one of them) into their model.
@@ -483,19 +640,7 @@ class OfficialWeCLIP:
             KeyError: a missing or unexpected name (listed).
             ValueError: a shape mismatch (named).
         """
-        params = {n: p for n, p in self.model.named_parameters() if n.startswith(_DECODER_PREFIXES)}
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise KeyError(f"decoder state: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for name, param in params.items():
-                value = torch.as_tensor(state[name])
-                if tuple(value.shape) != tuple(param.shape):
-                    raise ValueError(
-                        f"decoder state '{name}': shape {tuple(value.shape)}, model {tuple(param.shape)}"
-                    )
-                param.copy_(value.to(param.dtype))
+        _load_trained_state(self.model, _DECODER_PREFIXES, state)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Their ``datasets.transforms.normalize_img`` on (B, 3, H, W) or (3, H, W) uint8 RGB.
@@ -503,14 +648,7 @@ class OfficialWeCLIP:
         Returns:
             torch.Tensor: float32 of the same shape (ImageNet mean/std on 0-255 values).
         """
-        single = images.dim() == 3
-        batch = images[None] if single else images
-        if batch.dtype != torch.uint8:
-            raise ValueError(f"normalize expects uint8 images, got {batch.dtype}")
-        hwc = batch.permute(0, 2, 3, 1).cpu().numpy()
-        out = np.stack([self._transforms.normalize_img(x) for x in hwc]).transpose(0, 3, 1, 2)
-        out = torch.from_numpy(np.ascontiguousarray(out))
-        return out[0] if single else out
+        return _normalize_images(self._transforms, images)
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> their normalisation; float -> taken as already normalised."""
@@ -541,101 +679,9 @@ class OfficialWeCLIP:
     # ---------------------------------------------------------------------------------------------
     # tracing
     # ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tracing(self, trace: Optional[_Trace]) -> Iterator[None]:
+    def _tracing(self, trace: Optional[_Trace]) -> contextlib.AbstractContextManager:
         """Wrap their per-image functions so that ``trace`` receives the intermediate values."""
-        if trace is None:
-            yield
-            return
-        model_mod, clip_tool, model = self._model_mod, self._clip_tool, self.model
-        originals = {
-            (model_mod, "generate_clip_fts"): model_mod.generate_clip_fts,
-            (model_mod, "perform_single_voc_cam"): model_mod.perform_single_voc_cam,
-            (model_mod, "generate_cam_label"): model_mod.generate_cam_label,
-            (model_mod, "_refine_cams"): model_mod._refine_cams,
-            (clip_tool, "scoremap2bbox"): clip_tool.scoremap2bbox,
-            (clip_tool, "compute_trans_mat"): clip_tool.compute_trans_mat,
-        }
-        target_code = originals[(model_mod, "perform_single_voc_cam")].__code__
-
-        def clip_fts(*args: Any, **kwargs: Any) -> Any:
-            fts, attns = originals[(model_mod, "generate_clip_fts")](*args, **kwargs)
-            trace.clip_block_out = np.stack([_np(f) for f in fts])
-            trace.clip_attn = np.stack([_np(a) for a in attns])
-            return fts, attns
-
-        def single_cam(*args: Any, **kwargs: Any) -> Any:
-            trace.images.append({})
-            captured: Dict[str, Any] = {}
-
-            def profiler(frame: Any, event: str, arg: Any) -> None:
-                # their layer choice is a local of perform_single_voc_cam: read it on return
-                if event == "return" and frame.f_code is target_code:
-                    for key in ("attn_diff", "diff_th", "attn_mask", "label_id_list"):
-                        if key in frame.f_locals:
-                            captured[key] = frame.f_locals[key]
-
-            previous = sys.getprofile()
-            sys.setprofile(profiler)
-            try:
-                out = originals[(model_mod, "perform_single_voc_cam")](*args, **kwargs)
-            finally:
-                sys.setprofile(previous)
-            record = trace.current
-            record["label_ids"] = np.asarray(captured["label_id_list"], dtype=np.int64)
-            if "attn_diff" in captured:
-                record["rfm_diff"] = _np(captured["attn_diff"])
-                record["rfm_diff_mean"] = _np(captured["diff_th"])
-                record["rfm_keep"] = _np(captured["attn_mask"][:, 0, 0]) > 0
-            return out
-
-        def cam_label(cam_refined_list: Any, keys: Any, w: int, h: int) -> Any:
-            trace.current["cams_refined_lowres"] = np.stack([_np(c) for c in cam_refined_list])
-            out = originals[(model_mod, "generate_cam_label")](cam_refined_list, keys, w, h)
-            trace.current["cams_refined"] = _np(out["refined_cam"])
-            trace.current["keys"] = np.asarray(out["keys"], dtype=np.int64)
-            return out
-
-        def refine_cams(ref_mod: Any, images: Any, cams: Any, valid_key: Any) -> Any:
-            trace.current["par_in"] = _np(cams)
-            trace.current["par_keys"] = _np(valid_key).astype(np.int64)
-            return originals[(model_mod, "_refine_cams")](ref_mod, images, cams, valid_key)
-
-        def boxes(*args: Any, **kwargs: Any) -> Any:
-            box, count = originals[(clip_tool, "scoremap2bbox")](*args, **kwargs)
-            trace.current.setdefault("boxes", []).append(np.asarray(box, dtype=np.int64)[:count])
-            return box, count
-
-        def trans_mat(attn_weight: Any) -> Any:
-            out = originals[(clip_tool, "compute_trans_mat")](attn_weight)
-            trace.current["affinity"] = _np(attn_weight)
-            trace.current["trans_mat"] = _np(out)
-            return out
-
-        replacements = {
-            (model_mod, "generate_clip_fts"): clip_fts,
-            (model_mod, "perform_single_voc_cam"): single_cam,
-            (model_mod, "generate_cam_label"): cam_label,
-            (model_mod, "_refine_cams"): refine_cams,
-            (clip_tool, "scoremap2bbox"): boxes,
-            (clip_tool, "compute_trans_mat"): trans_mat,
-        }
-        grad_cam = model.grad_cam
-        model.grad_cam = _GradCAMTap(grad_cam, trace)
-
-        def par_hook(module: Any, inputs: Any, output: Any) -> None:
-            trace.current["par_out"] = _np(output[0])
-
-        handle = model.par.register_forward_hook(par_hook)
-        for (owner, attr), fn in replacements.items():
-            setattr(owner, attr, fn)
-        try:
-            yield
-        finally:
-            for (owner, attr), fn in originals.items():
-                setattr(owner, attr, fn)
-            model.grad_cam = grad_cam
-            handle.remove()
+        return _trace_forward(self._model_mod, self._clip_tool, self.model, trace)
 
     @contextlib.contextmanager
     def _decoder_taps(
