@@ -202,7 +202,9 @@ def test_validation_leaves_the_training_run_unchanged(tmp_path, toy_root):
     b.train()
     b.close()
     validated = lambda d: [  # noqa: E731
-        r["iteration"] for r in map(json.loads, open(d / "work" / "scalars.jsonl")) if r["kind"] == "val"
+        r["iteration"]
+        for r in map(json.loads, open(d / "work" / "scalars.jsonl"))
+        if r["kind"] == "val"
     ]
     assert validated(tmp_path / "a") == [3, 6] and validated(tmp_path / "b") == []
     final_a = load_checkpoint(str(tmp_path / "a" / "work" / "checkpoints" / "iter_6.pth"))
