@@ -10,8 +10,9 @@ synthetic scenes it draws itself (:mod:`weclip.parity.synthetic`)::
     python tools/parity/record_official.py --official-repo /tmp/WeCLIP-official
     python -m pytest tests/parity
 
-The recording itself is :func:`weclip.parity.manifest.record_fixtures` (the stages:
-:mod:`weclip.parity.record`, :mod:`weclip.parity.record_plus`). It writes into ``--out`` (default ``work_dirs/parity_fixtures``, where the tests look) the files
+This script is the command line; the recording is :func:`weclip.parity.manifest.record_fixtures`
+(the stages: :mod:`weclip.parity.record`, :mod:`weclip.parity.record_plus`). It writes into
+``--out`` (default ``work_dirs/parity_fixtures``, where the tests look) the files
 of :data:`weclip.parity.fixtures.FIXTURE_FILES` and ``manifest.json`` (``docs/parity.md`` lists
 their keys). Recording is deterministic: the same command on the same machine writes the same
 bytes (one torch thread, seeded everything, fixed zip metadata). About 5 minutes on one CPU core;
@@ -26,8 +27,8 @@ on random ViT-S/14 weights of :mod:`weclip.parity.random_dino`) records the ``pl
         --dinov2-repo /tmp/dinov2
 
 ``--reproduce-static FILE`` instead replays the inputs of an existing static fixture (its images,
-labels, decoder weights and Dropout2d mask) through the authors' code and prints, per array, the
-largest difference to what the file holds.
+labels, decoder weights and Dropout2d mask) through the authors' code and logs, per array, the
+largest difference to what the file holds (:func:`weclip.parity.record.reproduce_static`).
 """
 
 import argparse
