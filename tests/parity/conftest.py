@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from weclip.parity.fixtures import FIXTURE_FILES, load_npz
+from weclip.parity.normalize import OFFICIAL_MEAN, OFFICIAL_STD
+from weclip.parity.normalize import official_normalize as normalize_like_theirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORD_COMMAND = (
@@ -44,10 +46,6 @@ PLUS_RECORD_COMMAND = (
     "zbf1991/WeCLIP at 0f47db4> --dinov2-repo <your clone of facebookresearch/dinov2> (see "
     "docs/parity.md, WeCLIP+)"
 )
-
-# their datasets/transforms.py normalize_img: ImageNet mean/std on 0-255 RGB values
-OFFICIAL_MEAN = (123.675, 116.28, 103.53)
-OFFICIAL_STD = (58.395, 57.12, 57.375)
 
 
 def fixture_dirs() -> List[Path]:
@@ -116,12 +114,9 @@ def official_evaluate() -> Dict[str, np.ndarray]:
 
 
 def official_normalize(images: np.ndarray) -> torch.Tensor:
-    """Their ``normalize_img`` on (B, 3, H, W) uint8: ``(x - mean) / std`` in float64, stored as
-    float32 (the recorder checks this equals their function bit for bit)."""
-    x = np.asarray(images).astype(np.float64)
-    mean = np.asarray(OFFICIAL_MEAN)[None, :, None, None]
-    std = np.asarray(OFFICIAL_STD)[None, :, None, None]
-    return torch.from_numpy(((x - mean) / std).astype(np.float32))
+    """Their ``normalize_img`` on (B, 3, H, W) uint8 as a float32 tensor
+    (:func:`weclip.parity.normalize.official_normalize`, what the recorder stores)."""
+    return torch.from_numpy(normalize_like_theirs(images))
 
 
 def uint8_from_normalized(images: torch.Tensor) -> torch.Tensor:

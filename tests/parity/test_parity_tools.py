@@ -163,3 +163,81 @@ def test_random_dino_is_the_fixtures_weights(tmp_path):
     assert write_random_dino(str(path)).startswith(DINO_CONTENT_SHA256_PREFIX)
     dino = build_dino_backbone({"arch": "dinov2_vits14", "weights": str(path)})
     assert torch.equal(dino.vit.blocks[3].norm1.weight, state[key])
+
+
+def test_official_normalize_hand_values():
+    from weclip.parity.normalize import official_normalize
+
+    images = np.zeros((1, 3, 2, 2), dtype=np.uint8)
+    images[0, 1] = 255
+    out = official_normalize(images)
+    assert out.dtype == np.float32 and out.shape == (1, 3, 2, 2)
+    # channel 0: (0 - 123.675) / 58.395 = -2.1179039...; channel 1: (255 - 116.28) / 57.12 =
+    # 138.72 / 57.12 = 17 / 7; channel 2: -103.53 / 57.375 = -1.8044444...; rel 1e-7: one float32
+    # rounding of the float64 result (half an ulp = 6e-8 relative)
+    assert out[0, 0, 0, 0] == pytest.approx(-123.675 / 58.395, rel=1e-7)
+    assert out[0, 1, 1, 1] == pytest.approx(17 / 7, rel=1e-7)
+    assert out[0, 2, 0, 1] == pytest.approx(-103.53 / 57.375, rel=1e-7)
+
+
+def test_record_array_helpers():
+    from weclip.parity.manifest import describe_arrays
+    from weclip.parity.record import pad_boxes, tensor_stats
+
+    boxes = pad_boxes([np.array([[1, 2, 3, 4], [5, 6, 7, 8]]), np.zeros((0, 4), dtype=np.int64)])
+    assert boxes.shape == (2, 10, 4) and boxes.dtype == np.int64  # at least 10 rows
+    assert boxes[0, :2].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert (boxes[0, 2:] == -1).all() and (boxes[1] == -1).all()
+    assert pad_boxes([np.ones((12, 4), dtype=np.int64)]).shape == (1, 12, 4)
+    # [1, -2, 3]: sum 2, sum of squares 1 + 4 + 9 = 14, sum of absolute values 6
+    stats = tensor_stats({"a": torch.tensor([1.0, -2.0, 3.0]), "b": torch.zeros(2)}, ["a", "b"])
+    assert stats.dtype == np.float64 and stats.tolist() == [[2.0, 14.0, 6.0], [0.0, 0.0, 0.0]]
+    described = describe_arrays(
+        {"x": np.zeros((2, 3), np.float32), "decoder_init.w": np.zeros(1), "n": np.asarray(3)}
+    )
+    assert described == {"x": "float32[2, 3]", "n": "int64[]"}
+
+
+def test_evaluation_pairs_exercise_every_branch():
+    from weclip.parity.record import evaluation_pairs
+
+    gts, preds = evaluation_pairs(0)
+    again = evaluation_pairs(0)
+    assert all(np.array_equal(a, b) for a, b in zip(gts + preds, again[0] + again[1]))
+    assert [g.shape for g in gts] == [(97, 130), (160, 120), (64, 64), (121, 77)]
+    assert all(p.shape == g.shape and p.dtype == np.uint8 for g, p in zip(gts, preds))
+    assert all(255 in g for g in gts) and not any(255 in p for p in preds)  # ignored GT bands
+    assert not preds[3].any()  # the all-background prediction
+    for i in (0, 2):  # a predicted class that the GT does not hold
+        assert set(np.unique(preds[i]).tolist()) - set(np.unique(gts[i]).tolist())
+
+
+def test_record_tool_user_errors(tmp_path, capsys):
+    import importlib.util
+    import os
+
+    from weclip.errors import ConfigError
+    from weclip.parity.manifest import record_fixtures
+    from weclip.parity.record import RecordSettings
+    from weclip.utils.cli import run_main
+
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "tools", "parity", "record_official.py"
+    )
+    spec = importlib.util.spec_from_file_location("_tool_record_official", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    capsys.readouterr()
+    # not a clone: one error line naming the folder, exit code 2, nothing written
+    with pytest.raises(SystemExit) as exit_:
+        run_main(tool.main, ["--official-repo", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path}: not a clone"), err
+    assert not (tmp_path / "out").exists()
+    for argv in (["--only", "static,nope"], ["--model", "weclip_plus"]):  # argparse: exit 2
+        with pytest.raises(SystemExit) as exit_:
+            run_main(tool.main, ["--official-repo", str(tmp_path), *argv])
+        assert exit_.value.code == 2
+    with pytest.raises(ConfigError, match="nope"):
+        record_fixtures(RecordSettings(str(tmp_path)), str(tmp_path / "out"), stages=["nope"])

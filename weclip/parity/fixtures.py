@@ -17,7 +17,7 @@ from weclip.utils.io import atomic_path
 
 __all__ = ["FIXTURE_FILES", "MANIFEST", "save_npz", "load_npz", "write_json"]
 
-#: fixture key -> file name (what ``tools/parity/record_official.py`` writes)
+#: fixture key -> file name (what :func:`weclip.parity.manifest.record_fixtures` writes)
 FIXTURE_FILES: Dict[str, str] = {
     "static": "official_step_static.npz",
     "rfm": "official_step_rfm.npz",

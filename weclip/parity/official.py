@@ -4,7 +4,7 @@ The authors' code is imported at run time from the folder the user passes (their
 ``WeCLIP/`` folder); nothing of it is copied into this repository. :class:`OfficialWeCLIP` builds
 their ``WeCLIP_model.model_attn_aff_voc.WeCLIP`` and their ``PolyWarmupAdamW`` as their training
 script (``scripts/dist_clip_voc.py``) does, and exposes what the parity recorder
-(``tools/parity/record_official.py``) and the side-by-side benchmark need: one training step, their
+(:mod:`weclip.parity.record`) and the side-by-side benchmark need: one training step, their
 validation-mode forward at the original image size, their ``validate()``, their multi-scale + flip
 inference (``test_msc_flip_voc.py``) and their evaluation (``utils/evaluate.py``).
 
@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from weclip.errors import MissingFileError
+
 __all__ = ["OFFICIAL_COMMIT", "OfficialWeCLIP", "find_official_root", "official_code_sha256"]
 
 #: The commit of zbf1991/WeCLIP this harness was written against (``git rev-parse 0f47db4``).
@@ -68,12 +70,12 @@ def find_official_root(path: str) -> str:
     """The authors' ``WeCLIP/`` folder (holding ``WeCLIP_model/``), given their clone or that folder.
 
     Raises:
-        FileNotFoundError: neither ``path/WeCLIP/WeCLIP_model`` nor ``path/WeCLIP_model`` exists.
+        MissingFileError: neither ``path/WeCLIP/WeCLIP_model`` nor ``path/WeCLIP_model`` exists.
     """
     for candidate in (os.path.join(path, "WeCLIP"), path):
         if os.path.isfile(os.path.join(candidate, "WeCLIP_model", "model_attn_aff_voc.py")):
             return os.path.abspath(candidate)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path}: not a clone of zbf1991/WeCLIP (expected WeCLIP/WeCLIP_model/model_attn_aff_voc.py "
         "inside it, or WeCLIP_model/model_attn_aff_voc.py if you pass the WeCLIP/ folder)"
     )

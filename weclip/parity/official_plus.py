@@ -51,6 +51,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from weclip.errors import MissingFileError
 from weclip.parity.official import (
     _isolated_import,
     _load_script,
@@ -91,12 +92,12 @@ def find_official_plus_root(path: str) -> str:
     """The authors' ``WeCLIP+/`` folder (holding ``WeCLIP_Plus/``), given their clone or that folder.
 
     Raises:
-        FileNotFoundError: neither ``path/WeCLIP+/WeCLIP_Plus`` nor ``path/WeCLIP_Plus`` exists.
+        MissingFileError: neither ``path/WeCLIP+/WeCLIP_Plus`` nor ``path/WeCLIP_Plus`` exists.
     """
     for candidate in (os.path.join(path, "WeCLIP+"), path):
         if os.path.isfile(os.path.join(candidate, "WeCLIP_Plus", "model_attn_aff_voc.py")):
             return os.path.abspath(candidate)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path}: not a clone of zbf1991/WeCLIP (expected WeCLIP+/WeCLIP_Plus/model_attn_aff_voc.py "
         "inside it, or WeCLIP_Plus/model_attn_aff_voc.py if you pass the WeCLIP+/ folder)"
     )
@@ -106,13 +107,13 @@ def find_dinov2_root(path: str) -> str:
     """A local clone of facebookresearch/dinov2 (``hubconf.py`` and ``dinov2/hub/backbones.py``).
 
     Raises:
-        FileNotFoundError: ``path`` does not hold the hub code.
+        MissingFileError: ``path`` does not hold the hub code.
     """
     if os.path.isfile(os.path.join(path, "hubconf.py")) and os.path.isfile(
         os.path.join(path, "dinov2", "hub", "backbones.py")
     ):
         return os.path.abspath(path)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path}: not a clone of facebookresearch/dinov2 (expected hubconf.py and "
         "dinov2/hub/backbones.py)"
     )
