@@ -21,13 +21,26 @@ box sides (about 27% of the box area).
 Box coordinates are continuous pixel edges with the origin at the top-left corner of the top-left
 pixel: a PASCAL-style 1-based inclusive box (xmin..xmax) is (xmin - 1, ymin - 1, xmax, ymax);
 ``tools/prepare_pets.py`` writes ``boxes.json`` in this convention.
+
+:func:`write_box_seed_masks` writes the seed label maps of a split as palette PNGs (pixel value = label,
+255 = unknown): the training targets (``data.train_mask_dir``) of the box-supervised AffinityNet
+(``model.seeds = "boxes"``), augmented with their images by the dataset. An image without a box gets
+255 everywhere (no pair label), not background.
 """
 
-from typing import Sequence, Tuple
+import os
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
+from tqdm import tqdm
 
-__all__ = ["box_heatmaps", "box_seed_labels", "DEFAULT_SIGMA", "DEFAULT_SEED_THRESHOLD"]
+__all__ = [
+    "box_heatmaps",
+    "box_seed_labels",
+    "write_box_seed_masks",
+    "DEFAULT_SIGMA",
+    "DEFAULT_SEED_THRESHOLD",
+]
 
 DEFAULT_SIGMA = 0.25
 DEFAULT_SEED_THRESHOLD = 0.5
@@ -114,3 +127,44 @@ def box_seed_labels(
     labels = torch.full_like(index, 255)
     labels = torch.where(peak > threshold, index + 1, labels)
     return labels.masked_fill(~inside.any(dim=1), 0)
+
+
+def write_box_seed_masks(
+    boxes: Mapping[str, Sequence],
+    sizes: Mapping[str, Tuple[int, int]],
+    num_classes: int,
+    out_dir: str,
+    sigma: float = DEFAULT_SIGMA,
+    threshold: float = DEFAULT_SEED_THRESHOLD,
+    names: Optional[Sequence[str]] = None,
+) -> int:
+    """Write ``out_dir/<name>.png``: :func:`box_seed_labels` of each image's boxes at its size.
+
+    Args:
+        boxes (Mapping): name -> (N, 5) boxes (``weclip.data.boxes.read_boxes_json``).
+        sizes (Mapping): name -> (H, W) of the image.
+        num_classes (int): K foreground classes.
+        out_dir (str): the folder (created).
+        sigma (float): Gaussian std / box side.
+        threshold (float): seed threshold.
+        names (Sequence[str], optional): images to write (default: every name of ``sizes``); an image
+            without boxes gets 255 everywhere.
+
+    Returns:
+        int: the number of files written.
+    """
+    from weclip.data.images import save_png
+    from weclip.utils.visualize import voc_palette
+
+    palette = voc_palette()
+    names = list(sizes) if names is None else list(names)
+    for name in tqdm(names, desc="box seeds", leave=False):
+        height, width = sizes[name]
+        image_boxes = boxes.get(name, [])
+        if len(image_boxes) == 0:
+            labels = torch.full((height, width), 255, dtype=torch.long)
+        else:
+            heat, inside = box_heatmaps([image_boxes], num_classes, (height, width), sigma)
+            labels = box_seed_labels(heat, inside, threshold)[0]
+        save_png(os.path.join(out_dir, name + ".png"), labels.numpy().astype("uint8"), palette)
+    return len(names)

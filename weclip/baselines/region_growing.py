@@ -19,7 +19,8 @@ So a region advances at most one pixel per iteration and never jumps over a band
 pixels. Everything is tensor code (masks (B, K, h, w), means by one matrix product); the only
 Python loop is over iterations. :func:`regions_to_labels` turns the (possibly overlapping) grown
 masks into a label map: a pixel in several regions takes the class with the highest CAM, a pixel
-in none is background.
+in none is background; :func:`region_scores` gives the same decision as (B, K+1, h, w) scores that
+can be resized bilinearly before the argmax (smooth region borders at the image size).
 
 Defaults (no paper fixes them for this variant; tune with the sweep): seed threshold 0.30 (IRN's
 confident-foreground threshold ``conf_fg_thres``), similarity 0.8, 10 iterations, 4-connectivity.
@@ -32,7 +33,17 @@ import torch.nn.functional as F
 
 from weclip.baselines.cam import mask_absent
 
-__all__ = ["dilate_masks", "grow_regions", "region_growing", "regions_to_labels"]
+__all__ = [
+    "dilate_masks",
+    "grow_regions",
+    "region_growing",
+    "regions_to_labels",
+    "region_scores",
+    "REGION_BG_SCORE",
+]
+
+# background score of region_scores: below every inside score (>= 0.5), above the outside 0
+REGION_BG_SCORE = 0.25
 
 
 def dilate_masks(masks: torch.Tensor, connectivity: int = 4) -> torch.Tensor:
@@ -145,3 +156,22 @@ def regions_to_labels(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
     score = torch.where(masks.bool(), cams.float(), torch.full_like(cams.float(), -1.0))
     peak, index = score.max(dim=1)
     return torch.where(peak >= 0, index + 1, torch.zeros_like(index))
+
+
+def region_scores(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+    """Scores (B, K+1, h, w) whose argmax is :func:`regions_to_labels` (channel c = class id c).
+
+    Channel 0 (background) is 0.25 everywhere; channel k + 1 is (1 + M_k) / 2 inside the region of
+    class k (in [0.5, 1) for CAMs in [0, 1)) and 0 outside it. So a pixel in no region is
+    background, a pixel in several takes the highest CAM (the first class on ties, ``argmax``'s
+    first maximum), as :func:`regions_to_labels`; resized bilinearly, a region's border falls where
+    its score crosses 0.25, about halfway between an inside and an outside cell.
+    """
+    if masks.shape != cams.shape:
+        raise ValueError(f"masks {tuple(masks.shape)} and cams {tuple(cams.shape)} differ")
+    inside = masks.bool()
+    fg = torch.where(
+        inside, (1.0 + cams.float().clamp(0.0, 1.0)) / 2, torch.zeros_like(cams.float())
+    )
+    bg = torch.full_like(fg[:, :1], REGION_BG_SCORE)
+    return torch.cat([bg, fg], dim=1)
