@@ -14,9 +14,8 @@ model = dict(
     _delete_=True,
     type="SegNet",
     arch="unet",
-    unet=dict(
-        width=8, depth=3
-    ),  # 8-16-32-64 channels, 3 poolings: a 112 px U-Net that trains on CPU
+    # 8-16-32-64 channels, 3 poolings: a 112 px U-Net that trains on CPU
+    unet=dict(width=8, depth=3),
 )
 loss = dict(_delete_=True, kind="ce")
 
