@@ -440,3 +440,53 @@ def test_trainer_trains_each_model_and_saves_only_its_trainable_module(tmp_path,
     trainer.close()
     ckpt = load_checkpoint(str(tmp_path / "work_aff" / "checkpoints" / "iter_2.pth"))
     assert set(ckpt["model"]) == set(trainer.model_without_ddp.net.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_every_baseline_config_loads_and_the_pet_names_are_the_datasets():
+    import glob
+
+    from weclip.data.pets import class_names, prompt_names
+
+    paths = sorted(glob.glob(os.path.join(CONFIGS, "*.py")))
+    types = {os.path.basename(p): load_config(p).model.type for p in paths}
+    assert set(types.values()) == {
+        "CAMClassifier", "AffinityNet", "SegNet", "FullySupervisedSegNet", "WeCLIP"
+    }  # fmt: skip
+    for label_set in ("species", "breeds"):
+        for stage in ("cam", "affinitynet", "affinitynet_boxes", "segnet", "segnet_gt", "weclip"):
+            data = load_config(os.path.join(CONFIGS, f"pets_{label_set}_{stage}.py")).data
+            assert tuple(data.class_names) == class_names(label_set)
+            assert tuple(data.prompt_class_names) == prompt_names(label_set)
+
+
+def test_box_seeds_of_a_split_train_the_box_affinitynet(tmp_path, toy_root):
+    import numpy as np
+
+    from weclip.baselines.box_seeds import write_split_box_seeds
+    from weclip.data.boxes import boxes_from_mask, write_boxes_json
+    from weclip.data.images import read_mask
+
+    root = str(tmp_path / "toy")  # a private copy: boxes.json and the seeds are written into it
+    make_toy_root(str(tmp_path), num_train=4, num_val=2)
+    names = open(os.path.join(root, "train.txt")).read().split()
+    masks = {n: read_mask(os.path.join(root, "SegmentationClassAug", n + ".png")) for n in names}
+    write_boxes_json(
+        os.path.join(root, "boxes.json"), {n: boxes_from_mask(m) for n, m in masks.items()}
+    )
+    cam_ckpt = _cam_checkpoint(tmp_path, toy_root)
+    body = 'model.update(seeds="boxes")\ndata.update(train_mask_dir="box_seeds")\n'
+    config = _affinity_config(tmp_path, root, cam_ckpt, body)
+    out = write_split_box_seeds(config)
+    assert sorted(os.listdir(out)) == sorted(n + ".png" for n in names)
+    seeds = read_mask(os.path.join(out, names[0] + ".png"))
+    # seeds lie inside the objects' boxes, background outside every box
+    assert set(np.unique(seeds).tolist()) <= {0, 1, 2, 3, 4, 255} and (seeds == 0).any()
+    trainer = Trainer(load_config(config), str(tmp_path / "work_box"), SINGLE)
+    result = trainer.train()
+    trainer.close()
+    assert result["iteration"] == 2 and set(result["last_log"]) >= {
+        "bg_loss",
+        "fg_loss",
+        "neg_loss",
+    }

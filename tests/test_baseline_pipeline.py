@@ -93,7 +93,9 @@ def test_pipeline_stages_learn_and_report_every_row(tmp_path):
     }
     print(json.dumps({"pseudo": pseudo, "seg": seg}, indent=1))
     with open(work / "cam" / "sweep_train.csv") as f:
-        assert len(f.read().strip().splitlines()) == 1 + 2 * 17  # header + 2 checkpoints x 17 thresholds
+        assert (
+            len(f.read().strip().splitlines()) == 1 + 2 * 17
+        )  # header + 2 checkpoints x 17 thresholds
     assert pseudo["cam"] > FLOORS["cam"]
     assert pseudo["rw"] > pseudo["cam"] + FLOORS["rw_gain"]
     assert seg["segnet_gt"] > seg["segnet"] + FLOORS["full_gain"]

@@ -38,6 +38,7 @@ __all__ = [
     "box_heatmaps",
     "box_seed_labels",
     "write_box_seed_masks",
+    "write_split_box_seeds",
     "DEFAULT_SIGMA",
     "DEFAULT_SEED_THRESHOLD",
 ]
@@ -168,3 +169,47 @@ def write_box_seed_masks(
             labels = box_seed_labels(heat, inside, threshold)[0]
         save_png(os.path.join(out_dir, name + ".png"), labels.numpy().astype("uint8"), palette)
     return len(names)
+
+
+def write_split_box_seeds(config: str, split: Optional[str] = None) -> str:
+    """The box seeds of a box-supervised AffinityNet config's training split, where it reads them.
+
+    Reads ``<data.split_dir>/boxes.json`` and the image sizes (file headers only) of the split's images,
+    and writes :func:`write_box_seed_masks` with ``model.boxes`` (sigma, threshold) into the config's
+    ``data.train_mask_dir`` (under ``data.root`` unless absolute)::
+
+        python -c "from weclip.baselines.box_seeds import write_split_box_seeds as w; \\
+            w('configs/baselines/pets_species_affinitynet_boxes.py')"
+
+    Args:
+        config (str): a config with ``model.seeds = "boxes"``.
+        split (str, optional): default ``data.train_split``.
+
+    Returns:
+        str: the output folder.
+    """
+    from PIL import Image
+
+    from weclip.config import load_config
+    from weclip.data.boxes import read_boxes_json
+    from weclip.data.labels import read_split
+    from weclip.errors import ConfigError
+
+    cfg = load_config(config)
+    if cfg.model.get("seeds") != "boxes" or not cfg.data.train_mask_dir:
+        raise ConfigError(
+            f"{config}: box seeds are written for model.seeds='boxes' and a data.train_mask_dir"
+        )
+    data = cfg.data
+    names = read_split(os.path.join(data.split_dir, f"{split or data.train_split}.txt"))
+    boxes = read_boxes_json(os.path.join(data.split_dir, "boxes.json"), int(data.num_classes))
+    sizes = {}
+    for name in names:
+        with Image.open(os.path.join(data.root, data.img_dir, name + data.img_suffix)) as image:
+            sizes[name] = (image.height, image.width)
+    out_dir = os.path.join(data.root, data.train_mask_dir)
+    write_box_seed_masks(
+        boxes, sizes, int(data.num_classes) - 1, out_dir,
+        cfg.model.boxes.sigma, cfg.model.boxes.threshold, names,
+    )  # fmt: skip
+    return out_dir

@@ -74,6 +74,7 @@ def grow_regions(
     sim_threshold: float = 0.8,
     connectivity: int = 4,
     eps: float = 1e-8,
+    center: bool = False,
 ) -> torch.Tensor:
     """Grow seed masks into adjacent pixels whose feature resembles the region's mean feature.
 
@@ -84,6 +85,9 @@ def grow_regions(
         sim_threshold (float): a frontier pixel joins when cos(f(x), mu_k) > this.
         connectivity (int): 4 or 8.
         eps (float): guards the norms of zero vectors (their similarity is 0).
+        center (bool): subtract each image's mean feature (over its h x w positions) first, so that
+            the cosine compares deviations from the image's average; without it, non-negative (ReLU)
+            features have high cosines almost everywhere.
 
     Returns:
         torch.Tensor: (B, K, h, w) bool grown masks (superset of ``seeds``).
@@ -102,6 +106,8 @@ def grow_regions(
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
     b, d, h, w = features.shape
     flat = features.reshape(b, d, h * w).float()
+    if center:
+        flat = flat - flat.mean(dim=2, keepdim=True)
     unit = flat / flat.norm(dim=1, keepdim=True).clamp(min=eps)  # (B, D, n)
     region = seeds.bool().clone()
     for _ in range(num_iters):
@@ -126,6 +132,7 @@ def region_growing(
     sim_threshold: float = 0.8,
     num_iters: int = 10,
     connectivity: int = 4,
+    center: bool = False,
 ) -> torch.Tensor:
     """Seeds from CAMs, then :func:`grow_regions`.
 
@@ -137,12 +144,13 @@ def region_growing(
         sim_threshold (float): Default: 0.8.
         num_iters (int): Default: 10.
         connectivity (int): Default: 4.
+        center (bool): compare mean-subtracted features (:func:`grow_regions`). Default: False.
 
     Returns:
         torch.Tensor: (B, K, h, w) bool grown masks.
     """
     seeds = mask_absent(cams, cls_labels) > seed_threshold
-    return grow_regions(features, seeds, num_iters, sim_threshold, connectivity)
+    return grow_regions(features, seeds, num_iters, sim_threshold, connectivity, center=center)
 
 
 def regions_to_labels(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ training checkpoint (``model.cam_checkpoint``; the checkpoint's own config rebui
   ``weclip.baselines.box_seeds``), read as the training targets from ``data.train_mask_dir`` (written by
   ``weclip.baselines.box_seeds.write_box_seed_masks``), so they are augmented with the image;
 * the maps to propagate, in modes "pseudo" / "predict" and the ``rw`` (``box_rw``) row: its CAMs at the
-  image size with background (1 - max)^16, average-pooled to the affinity grid, walked with
+  image size with background (1 - max)^16 (or a threshold t, ``model.walk.bg_mode``), average-pooled to the affinity grid, walked with
   T = D^-1 A^beta (beta 8, t = 256), upsampled by s and cropped back, argmax (psa's ``infer_aff.py``).
 
 "predict" walks the CAMs of the classes the classifier predicts (no labels), so ``tools/infer.py``
@@ -39,7 +39,7 @@ from weclip.baselines.affinitynet import (
     pair_affinities,
     random_walk,
 )
-from weclip.baselines.cam import scores_with_background
+from weclip.baselines.cam import mask_absent, scores_with_background
 from weclip.baselines.classifier import normalize_cams
 from weclip.baselines.maps import (
     IGNORE_INDEX,
@@ -222,19 +222,37 @@ class AffinityNetModel(nn.Module):
     def walk(
         self, images: torch.Tensor, cams: torch.Tensor, *label_sets: torch.Tensor
     ) -> Tuple[torch.Tensor, ...]:
-        """Random-walk scores (B, C, H, W) at the image size, one per label set (B, K): [bg =
-        (1 - max)^alpha; CAMs of the labelled classes] pooled to the affinity grid, propagated with
-        T = D^-1 A^beta (one affinity matrix for all sets), upsampled by s and cropped."""
+        """Random-walk scores (B, C, H, W) at the image size, one per label set (B, K).
+
+        ``model.walk.bg_mode = "power"`` (psa): [bg = (1 - max)^alpha; CAMs of the labelled classes] are
+        pooled to the affinity grid, propagated with T = D^-1 A^beta, upsampled by s and cropped.
+        ``"threshold"``: the labelled classes' CAMs alone are walked the same way, each walked map is
+        max-normalised again and the background is the constant t (walking a constant changes nothing,
+        but the walk spreads and lowers the CAMs, so t applies to them renormalised). One affinity
+        matrix serves every label set.
+        """
         w = self.walk_cfg
-        grids = [
-            image_to_grid(scores_with_background(cams, labels, "power", w["bg_power"]), self.stride)
+        power = w["bg_mode"] == "power"
+        maps = [
+            scores_with_background(cams, labels, "power", w["bg_value"])
+            if power
+            else mask_absent(cams, labels)
             for labels in label_sets
         ]
         f = self.features(images)
         affinity = dense_affinity(f, self.radius, self.reduction, self.interior_only)
-        walked = random_walk(torch.cat(grids, dim=1), affinity, w["beta"], w["num_iters"])
+        grid = image_to_grid(torch.cat(maps, dim=1), self.stride)
+        walked = random_walk(grid, affinity, w["beta"], w["num_iters"])
         walked = grid_to_image(walked, self.stride, images.shape[-2:])
-        return walked.split(cams.shape[1] + 1, dim=1)
+        if power:
+            return walked.split(cams.shape[1] + 1, dim=1)
+        parts = walked.split(cams.shape[1], dim=1)
+        return tuple(
+            scores_with_background(
+                normalize_cams(p.clamp_min(0)), labels, "threshold", w["bg_value"]
+            )
+            for p, labels in zip(parts, label_sets)
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(

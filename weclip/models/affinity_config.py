@@ -3,7 +3,8 @@
 Defaults are AffinityNet's (Ahn & Kwak, CVPR 2018, https://arxiv.org/abs/1803.10464, and their code,
 github.com/jiwoon-ahn/psa; docs/baselines.md): confident regions from background powers 4 / 32, pairs
 within radius 5, L1 mean over channels, loss weights 1/4, 1/4, 1/2, random walk beta = 8, t = 256 on the
-CAMs with background power 16.
+CAMs with background power 16 (``walk.bg_mode="threshold"`` walks [t; CAMs] instead, t e.g. the
+threshold ``tools/sweep_cams.py`` picked for the classifier).
 """
 
 from typing import Any, Dict, Literal, Optional, Tuple
@@ -72,7 +73,10 @@ class RandomWalkConfig:
 
     beta: float = key(8.0, gt=0)
     num_iters: int = key(256, ge=0, doc="t (psa: 2^logt = 256)")
-    bg_power: float = key(16.0, gt=0, doc="background (1 - max)^alpha of the walked maps")
+    bg_mode: Literal["power", "threshold"] = key(
+        "power", doc="background of the walked maps: (1 - max)^bg_value (psa), or bg_value"
+    )
+    bg_value: float = key(16.0, gt=0, doc="alpha (psa: 16), or a threshold t (e.g. the sweep's)")
     scales: Optional[Tuple[float, ...]] = key(
         None, gt=0, doc="CAM scales; None: the classifier's model.pseudo.scales"
     )
@@ -114,6 +118,12 @@ class AffinityModelConfig:
                         f"config key '{prefix}.labels.{name}' = {value}: a threshold on "
                         "max-normalised CAMs lies in [0, 1]"
                     )
+        walk = values["walk"]
+        if walk["bg_mode"] == "threshold" and walk["bg_value"] > 1:
+            raise ConfigError(
+                f"config key '{prefix}.walk.bg_value' = {walk['bg_value']}: a threshold on "
+                "max-normalised CAMs lies in [0, 1]"
+            )
 
 
 @section

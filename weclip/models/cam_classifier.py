@@ -207,6 +207,7 @@ class CAMClassifierModel(nn.Module):
             sim_threshold=self.rg["sim_threshold"],
             num_iters=self.rg["num_iters"],
             connectivity=self.rg["connectivity"],
+            center=self.rg["center"],
         )
         return grid_to_image(region_scores(masks, grid_cams), self.stride, x.shape[-2:])
 

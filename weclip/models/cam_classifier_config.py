@@ -69,6 +69,9 @@ class RegionGrowingConfig:
     num_iters: int = key(10, ge=0)
     connectivity: Literal[4, 8] = key(4)
     stage: int = key(4, ge=1, le=4, doc="ResNet stage whose features are compared (U-Net: CAMs)")
+    center: bool = key(
+        True, doc="cosine of mean-subtracted features (ReLU features: raw cosines ~1)"
+    )
 
 
 @section

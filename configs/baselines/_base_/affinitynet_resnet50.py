@@ -7,7 +7,9 @@ model = dict(
     seeds="cams",
     resnet=dict(arch="resnet50", weights="pretrained/resnet50-0676ba61.pth"),
     radius=5,  # psa's gamma
-    walk=dict(beta=8, num_iters=256, bg_power=16),  # psa's infer_aff.py: beta 8, logt 8, alpha 16
+    walk=dict(
+        beta=8, num_iters=256, bg_mode="power", bg_value=16
+    ),  # psa's infer_aff.py: beta 8, logt 8, alpha 16
 )
 loss = dict(bg_weight=0.25, fg_weight=0.25, neg_weight=0.5)  # psa's code
 optim = dict(lr=1e-4, head_lr_mult=1.0, weight_decay=1e-4)
