@@ -21,7 +21,7 @@ from weclip.baselines.affinitynet import (
     pair_affinities,
 )
 from weclip.baselines.cam import cams_to_labels
-from weclip.baselines.classifier import cam_classifier_loss
+from weclip.baselines.classifier import cam_classifier_loss, normalize_cams
 from weclip.baselines.maps import (
     grid_to_image,
     image_to_grid,
@@ -269,7 +269,8 @@ def test_affinitynet_loss_is_the_library_loss_and_only_the_net_trains(tmp_path, 
 
     with torch.no_grad():  # the same loss from the library functions
         cams = model.cam_model.cam_maps(model.cam_model.preprocess(images))
-        seeds = confident_labels(cams, LABELS, "power", 4.0, 32.0).masked_fill(~valid, 255)
+        # the toy config's confident thresholds (configs/baselines/toy_affinitynet.py)
+        seeds = confident_labels(cams, LABELS, "threshold", 0.7, 0.3).masked_fill(~valid, 255)
     assert torch.equal(out["pseudo_labels"], seeds) and bool((seeds[:, :, 24:] == 255).all())
     f = model.net(pad_to_multiple(model.preprocess(images), 4))  # (2, 8, 8, 8)
     padded = torch.nn.functional.pad(seeds, (0, 2, 0, 0), value=255)  # 30 -> 32 columns
@@ -313,13 +314,20 @@ def test_affinitynet_pseudo_is_the_walk_and_the_row(tmp_path, toy_root):
     assert torch.equal(scores_to_labels(scores["rw"], keys), full)
     assert set(full[1].unique().tolist()) <= {0, 2}
     # t = 0 steps: the walk is the identity, so the labels are the argmax of the pooled scores
-    model.walk_cfg["num_iters"] = 0
+    with torch.no_grad():
+        cams = model.cam_model.cam_maps(model.cam_model.preprocess(images))
+    present = cams * LABELS[:, :, None, None]
+    model.walk_cfg.update(num_iters=0, bg_mode="power", bg_value=16.0)  # psa: [(1 - max)^16; CAMs]
     with torch.no_grad():
         walked = model(images, LABELS, mode="pseudo")["pseudo_labels"]
-        cams = model.cam_model.cam_maps(model.cam_model.preprocess(images))
-    bg = (1 - cams.mul(LABELS[:, :, None, None]).amax(1, keepdim=True)).pow(16)
-    grid = image_to_grid(torch.cat([bg, cams * LABELS[:, :, None, None]], 1), 4)
+    bg = (1 - present.amax(1, keepdim=True)).pow(16)
+    grid = image_to_grid(torch.cat([bg, present], 1), 4)
     assert torch.equal(walked, grid_to_image(grid, 4, (30, 37)).argmax(1))
+    model.walk_cfg.update(bg_mode="threshold", bg_value=0.4)  # the CAMs alone, renormalised, vs t
+    with torch.no_grad():
+        walked = model(images, LABELS, mode="pseudo")["pseudo_labels"]
+    pooled = grid_to_image(image_to_grid(present, 4), 4, (30, 37))
+    assert torch.equal(walked, cams_to_labels(normalize_cams(pooled), LABELS, 0.4))
 
 
 def test_affinitynet_box_seeds_and_errors(tmp_path, toy_root):

@@ -32,7 +32,7 @@ CONFIGS = os.path.join(REPO, "configs", "baselines")
 # Shared by every stage: the toy world at 64 px (the phase-1 recipe's size, where a random-init ResNet-18
 # localises after ~800 steps), 600 training and 100 validation images.
 COMMON = """
-toy = dict(image_size=64, num_train=600, num_val=100)
+toy = dict(image_size=64, num_train=1200, num_val=100)
 data = dict(root={root!r}, split_dir={root!r}, crop_size=64)
 """
 CI_CONFIGS = {
@@ -40,17 +40,17 @@ CI_CONFIGS = {
         train = dict(max_iters=800, ckpt_interval=400)
         """,
     "toy_affinitynet.py": """
-        train = dict(max_iters=200, ckpt_interval=200)
+        train = dict(max_iters=150, ckpt_interval=150)
         """,
     "toy_segnet.py": """
-        train = dict(max_iters=300, ckpt_interval=300)
+        train = dict(max_iters=400, ckpt_interval=400)
         """,
     "toy_segnet_gt.py": """
-        train = dict(max_iters=300, ckpt_interval=300)
+        train = dict(max_iters=400, ckpt_interval=400)
         """,
     # WeCLIP: a short run of configs/toy.py (its tiny CLIP on 64 px images), for the row of the table
     "toy_weclip.py": """
-        train = dict(max_iters=60, ckpt_interval=60, log_interval=20, vis_interval=0)
+        train = dict(max_iters=40, ckpt_interval=40, log_interval=20, vis_interval=0)
         test = dict(resize_long=96, scales=(1.0,), flip=False)
         """,
 }
@@ -113,7 +113,3 @@ def test_pipeline_stages_learn_and_report_every_row(tmp_path):
         "WeCLIP: RFM + PAR (WeCLIP)",
     ):
         assert row in report, row
-    # resumable: a second run finds every stage done and only regenerates the report
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "(skipped:" in again.stdout and "Nothing to do" in again.stdout + again.stderr

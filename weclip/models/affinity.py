@@ -199,12 +199,13 @@ class AffinityNetModel(nn.Module):
 
     def seed_labels(
         self,
-        images: torch.Tensor,
+        cams: torch.Tensor,
         cls_labels: torch.Tensor,
         valid: Optional[torch.Tensor],
         targets: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Confident labels (B, H, W): 0 background, 1..K foreground, 255 neutral (padding included)."""
+        """Confident labels (B, H, W): 0 background, 1..K foreground, 255 neutral (padding included),
+        from the classifier's CAMs (B, K, H, W) of the crop, or the box seed ``targets``."""
         if self.seeds == "boxes":
             if targets is None:
                 raise ValueError(
@@ -213,7 +214,6 @@ class AffinityNetModel(nn.Module):
                 )
             return targets.long()
         cfg = self.labels_cfg
-        cams, _ = self.classifier_cams(images, cfg["scales"], cfg["flip"])
         labels = confident_labels(cams, cls_labels, cfg["mode"], cfg["fg_value"], cfg["bg_value"])
         if valid is not None:
             labels = labels.masked_fill(~valid.bool(), IGNORE_INDEX)
@@ -291,7 +291,10 @@ class AffinityNetModel(nn.Module):
         if mode == "loss":
             if cls_labels is None or iteration is None:
                 raise ValueError("mode='loss' needs cls_labels and the 1-indexed iteration")
-            seeds = self.seed_labels(images, cls_labels, valid, targets)
+            cams, _ = self.classifier_cams(
+                images, self.labels_cfg["scales"], self.labels_cfg["flip"]
+            )
+            seeds = self.seed_labels(cams, cls_labels, valid, targets)
             f = self.features(images)
             padded = F.pad(
                 seeds,
@@ -314,7 +317,6 @@ class AffinityNetModel(nn.Module):
                 + c["neg_weight"] * terms["neg_loss"]
             )
             with torch.no_grad():  # for the trainer's image panels only
-                cams, _ = self.classifier_cams(images)
                 seg_logits = score_logits(self.cam_model.threshold_scores(cams, cls_labels))
             log = {k: terms[k].detach() for k in ("bg_loss", "fg_loss", "neg_loss")}
             return {"loss": loss, "log": log, "pseudo_labels": seeds, "seg_logits": seg_logits}
