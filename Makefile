@@ -1,7 +1,8 @@
 # Quick start: `make demo` (toy pipeline on CPU) and `make test` (the test suite).
-# Both create the virtual environment on first use (VENV, outside the clone by default) and reinstall
-# the package when pyproject.toml changes.
-VENV ?= $(HOME)/.cache/weclip/venv
+# Both create the virtual environment on first use and reinstall the package when pyproject.toml changes.
+# The environment is .venv in the clone (git-ignored), the one README's "Install" describes;
+# `make VENV=/path/to/env test` puts it (or finds an existing one) elsewhere.
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.weclip-installed
 

@@ -189,7 +189,9 @@ def run_tool(
 ) -> subprocess.CompletedProcess:
     """Run ``python tools/<name>.py ARGS`` from the repository root, as a user does; with ``check``, fail
     the test with its output on a non-zero exit."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
+    # PYTHONPATH: this checkout's weclip, even when another one is the installed (editable) package
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    full_env.update(env or {})
     proc = subprocess.run(
         [PYTHON, os.path.join(REPO, "tools", name + ".py"), *args],
         cwd=REPO,

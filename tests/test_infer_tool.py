@@ -123,6 +123,14 @@ def _run(world, scales, flip, evaluators, reuse=None, model=None):
     return run_on_dataset(predictor, dataset, evaluators, reuse=reuse)
 
 
+def test_evaluating_leaves_the_global_rng_alone(world):
+    # a DataLoader draws its worker seed from the global RNG unless it has its own generator: evaluating
+    # inside a training run (or a user's script) must not move that run's random stream
+    state = torch.random.get_rng_state()
+    _run(world, (1.0,), False, [SegmentationEvaluator("ss", 5)])
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_byproducts_equal_direct_runs(world, crf_run):
     # single-scale, no flip, run directly == the "single-scale" by-product of the CRF run
     run = _run(world, (1.0,), False, [SegmentationEvaluator("ss", 5)])

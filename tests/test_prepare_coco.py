@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pycocotools import mask as mask_utils
 
 from weclip.config import load_config
 from weclip.data.images import read_mask
+from weclip.errors import DataError, MissingFileError
 
 
 def _load_tool(name):
@@ -206,13 +206,53 @@ def test_annotated_val_policy_is_the_default(coco):
     assert (coco["out"] / "val.txt").read_text().split() == ["COCO_val2014_000000000042"]
 
 
-def test_missing_image_is_named(coco, caplog):
+def test_missing_image_is_named_before_any_mask_is_written(coco):
     os.remove(coco["root"] / "JPEGImages" / "val" / "COCO_val2014_000000000043.jpg")
-    with caplog.at_level(logging.ERROR, logger="weclip"):
-        assert prepare_coco.main(coco["args"]) == 1
-    assert "1 listed images are missing" in caplog.text
-    assert "COCO_val2014_000000000043.jpg" in caplog.text
+    with pytest.raises(MissingFileError, match=r"1 listed images are missing.*000043\.jpg"):
+        prepare_coco.main(coco["args"])
     assert not (coco["out"] / "val.txt").exists()
+    assert not (coco["root"] / "SegmentationClass").exists()
+
+
+def test_changed_annotations_rebuild_their_mask(coco):
+    assert prepare_coco.main(coco["args"]) == 0
+    seg = coco["root"] / "SegmentationClass"
+    before = _files(coco)
+    path = coco["root"] / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = DOG  # the toothbrush becomes a dog
+    path.write_text(json.dumps(data))
+    assert prepare_coco.main(coco["args"]) == 0
+    assert (read_mask(seg / "val" / "000000000042.png") == 17).sum() == 6  # 2 x 3 pixels
+    assert "COCO_val2014_000000000042 16" in (coco["out"] / "cls_labels.txt").read_text()
+    after = _files(coco)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {str(seg / "val" / "000000000042.png"), str(coco["out"] / "cls_labels.txt")}
+
+
+def test_empty_annotations_fail_and_a_fixed_run_does_not_reuse_anything(coco):
+    path = coco["root"] / "annotations" / "instances_train2014.json"
+    good = path.read_text()
+    data = json.loads(good)
+    del data["annotations"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r'instances_train2014\.json: no "annotations" entry'):
+        prepare_coco.main(coco["args"])
+    assert not (coco["root"] / "SegmentationClass").exists() and not coco["out"].exists()
+    # an empty annotation list is well-formed, but leaves nothing to train on: refused, nothing written
+    data["annotations"] = []
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"no image has a non-crowd annotation"):
+        prepare_coco.main(coco["args"])
+    assert not (coco["root"] / "SegmentationClass").exists()
+    # background-only masks of an earlier, wrong run are rebuilt once the annotations are right
+    data["annotations"] = [json.loads(good)["annotations"][1]]  # only the person of image 9
+    path.write_text(json.dumps(data))
+    assert prepare_coco.main(coco["args"]) == 0
+    path.write_text(good)
+    assert prepare_coco.main(coco["args"]) == 0
+    m = read_mask(coco["root"] / "SegmentationClass" / "train" / "000000000009.png")
+    assert (m[2:4, 2:5] == 17).all() and m[6, 5] == 255  # the dog and the crowd region are there
 
 
 def test_link_images(coco):

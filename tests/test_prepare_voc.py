@@ -1,7 +1,6 @@
 """tools/prepare_voc.py on a miniature VOC2012 + SBD tree: masks, lists, labels, checks, re-run."""
 
 import importlib.util
-import logging
 import os
 from pathlib import Path
 
@@ -11,7 +10,9 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from weclip.data.images import read_mask
+from weclip.data.images import png_text, read_mask, save_png
+from weclip.data.prepare import SOURCE_KEY, file_fingerprint
+from weclip.errors import DataError, MissingFileError
 
 
 def _load_tool(name):
@@ -156,35 +157,76 @@ def test_rerun_is_a_noop(tree, capsys):
     assert _outputs(tree) == before
 
 
-def test_count_check_reports_what_differs(tree, caplog):
-    with caplog.at_level(logging.ERROR, logger="weclip"):
-        assert prepare_voc.main(tree["args"]) == 1
-    text = caplog.text
+def test_count_check_reports_what_differs(tree):
+    with pytest.raises(DataError) as info:
+        prepare_voc.main(tree["args"])
+    text = str(info.value)
     assert "train: 2 names, official 1464" in text and "train_aug: 4 names, official 10582" in text
     assert f"{tree['sbd'] / 'train.txt'} lists 3 names, official 8498" in text
+    assert "--no-check-counts" in text
     assert not (tree["out"] / "train_aug.txt").exists()  # nothing written on a count mismatch
 
 
-def test_missing_mask_source_is_named(tree, caplog):
+def test_missing_mask_source_is_named_before_any_mask_is_written(tree):
     os.remove(tree["sbd"] / "cls" / "2008_000004.mat")
-    with caplog.at_level(logging.ERROR, logger="weclip"):
-        assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 1
-    assert "1 names have no mask" in caplog.text and "2008_000004" in caplog.text
-    assert str(tree["sbd"] / "cls") in caplog.text
+    with pytest.raises(MissingFileError) as info:
+        prepare_voc.main(tree["args"] + ["--no-check-counts"])
+    assert "1 names have no mask" in str(info.value) and "2008_000004" in str(info.value)
+    assert str(tree["sbd"] / "cls") in str(info.value)
+    assert not (tree["voc"] / "SegmentationClassAug").exists()
 
 
-def test_missing_image_is_named(tree, caplog):
+def test_missing_image_is_named_before_any_mask_is_written(tree):
     os.remove(tree["voc"] / "JPEGImages" / "2010_000007.jpg")
-    with caplog.at_level(logging.ERROR, logger="weclip"):
-        assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 1
-    assert "1 listed images are missing" in caplog.text and "2010_000007.jpg" in caplog.text
+    with pytest.raises(MissingFileError, match=r"1 listed images are missing.*2010_000007\.jpg"):
+        prepare_voc.main(tree["args"] + ["--no-check-counts"])
+    assert not (tree["voc"] / "SegmentationClassAug").exists()
 
 
-def test_mask_without_foreground_is_named(tree, caplog):
+def test_mask_without_foreground_is_named(tree):
     _sbd_mat(tree["sbd"] / "cls" / "2008_000004.mat", np.zeros((H, W), np.uint8))
-    with caplog.at_level(logging.ERROR, logger="weclip"):
-        assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 1
-    assert "no foreground class" in caplog.text and "2008_000004.png" in caplog.text
+    with pytest.raises(DataError, match=r"1 masks have no foreground class.*2008_000004\.png"):
+        prepare_voc.main(tree["args"] + ["--no-check-counts"])
+    assert not tree["out"].exists()
+
+
+def test_changed_source_rebuilds_its_mask_and_foreign_masks_are_kept(tree):
+    aug = tree["voc"] / "SegmentationClassAug"
+    assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 0
+    # every mask written here records the SHA-1 of its source
+    record = png_text(aug / "2008_000004.png")[SOURCE_KEY]
+    assert record == file_fingerprint("sbd", str(tree["sbd"] / "cls" / "2008_000004.mat"))
+    before = _outputs(tree)
+    # the SBD annotation changes (bird -> cat): its mask is rebuilt, the others stay untouched
+    _sbd_mat(tree["sbd"] / "cls" / "2008_000004.mat", _block(8))
+    assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 0
+    assert read_mask(aug / "2008_000004.png")[2, 3] == 8
+    labels = (tree["out"] / "cls_labels.txt").read_text().splitlines()
+    assert "2008_000004 7" in labels  # cat = class 8 -> 0-based id 7
+    after = _outputs(tree)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {str(aug / "2008_000004.png"), str(tree["out"] / "cls_labels.txt")}
+    # a mask without a record (an official SegmentationClassAug download) is used as it is
+    save_png(aug / "2007_000002.png", _block(16))  # no text entry
+    assert prepare_voc.main(tree["args"] + ["--no-check-counts"]) == 0
+    assert read_mask(aug / "2007_000002.png")[2, 3] == 16
+    assert "2007_000002 15" in (tree["out"] / "cls_labels.txt").read_text().splitlines()
+
+
+def test_mask_of_another_size_than_its_image_is_named(tree):
+    aug = tree["voc"] / "SegmentationClassAug"
+    aug.mkdir()
+    save_png(aug / "2007_000002.png", np.ones((H + 1, W), np.uint8))  # found there, no record
+    with pytest.raises(
+        DataError, match=r"Existing mask .*2007_000002\.png is 8x7 \(WxH\), its image"
+    ):
+        prepare_voc.main(tree["args"] + ["--no-check-counts"])
+    os.remove(aug / "2007_000002.png")
+    _sbd_mat(tree["sbd"] / "cls" / "2008_000004.mat", np.ones((H, W + 2), np.uint8))
+    with pytest.raises(DataError, match=r"2008_000004\.mat is 10x6 \(WxH\) but its image"):
+        prepare_voc.main(tree["args"] + ["--no-check-counts"])
+    assert not (aug / "2008_000004.png").exists()
+    assert not tree["out"].exists()
 
 
 def test_bad_sbd_values_are_named(tree):

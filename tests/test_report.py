@@ -125,11 +125,25 @@ def test_models_get_their_own_rows(tmp_path):
         d, "b", source="tools/infer.py", miou=0.5, dataset="VOC", split="val", setting="single-scale",
         model="CAMClassifier", checkpoint="b/iter_1.pth_1",
     )  # fmt: skip
+    _write(
+        d, "c", source="tools/infer.py", miou=0.8, dataset="VOC", split="val", setting="single-scale",
+        model="WeCLIPPlus", checkpoint="c/iter_1.pth_1",
+    )  # fmt: skip
     text = report.build_report([d])
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    titles = [line.split(" | ")[0][2:] for line in lines[1:]]  # after the header
+    # each model's measurements under its paper's row; models without a paper last
+    # (files without "model": WeCLIP)
+    assert titles[:5] == [
+        "WeCLIP, paper (CVPR 2024)",
+        "WeCLIP, this repository",
+        "WeCLIP+, paper (TPAMI 2025)",
+        "WeCLIPPlus, this repository",
+        "CAMClassifier, this repository",
+    ]
     assert "| CAMClassifier, this repository | single-scale | 50.00 |" in text
-    assert (
-        "| WeCLIP, this repository | single-scale | 70.00 |" in text
-    )  # files without "model": WeCLIP
+    assert "| WeCLIP, this repository | single-scale | 70.00 |" in text
+    assert "| WeCLIP+, paper (TPAMI 2025) | as reported | – | 83.9 | 56.3 |" in text
 
 
 def test_bad_metrics_file_is_named(tmp_path):

@@ -191,6 +191,26 @@ def test_in_process_resume_is_bit_identical(tmp_path, toy_root):
     assert [(r["kind"], r["iteration"]) for r in read(work_b)] == [x for x in a_its if x[1] > 2]
 
 
+def test_validation_leaves_the_training_run_unchanged(tmp_path, toy_root):
+    # the decoder's Dropout2d draws from the global RNG: a validation that consumed it (e.g. a DataLoader
+    # drawing its worker seed) would change every later dropout mask, so the final weights would depend on
+    # how often the run validates. A: validates at iterations 3 and 6; B: never.
+    a = _trainer(tmp_path / "a", toy_root, eval_interval=3)
+    a.train()
+    a.close()
+    b = _trainer(tmp_path / "b", toy_root, eval_interval=0)
+    b.train()
+    b.close()
+    validated = lambda d: [  # noqa: E731
+        r["iteration"] for r in map(json.loads, open(d / "work" / "scalars.jsonl")) if r["kind"] == "val"
+    ]
+    assert validated(tmp_path / "a") == [3, 6] and validated(tmp_path / "b") == []
+    final_a = load_checkpoint(str(tmp_path / "a" / "work" / "checkpoints" / "iter_6.pth"))
+    final_b = load_checkpoint(str(tmp_path / "b" / "work" / "checkpoints" / "iter_6.pth"))
+    for key, value in final_a["model"].items():
+        assert torch.equal(value, final_b["model"][key]), key
+
+
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, toy_root, caplog):
     trainer = _trainer(tmp_path, toy_root)
     with caplog.at_level("INFO", logger="weclip"):

@@ -13,8 +13,8 @@ Writes:
   background, 1..80 the categories in ascending COCO category-id order (= spec §2 order; checked
   against ``--config``), 255 on crowd regions. Overlaps: crowd regions are painted first, then the
   non-crowd instances from the largest to the smallest area, so smaller objects stay visible on top
-  of larger ones and an instance inside a crowd region keeps its class. Existing masks are kept
-  (resume).
+  of larger ones and an instance inside a crowd region keeps its class. Existing masks made from the
+  same annotations are kept (resume).
 * ``<out-dir>/train.txt``: train images whose mask shows at least one non-crowd class (spec §10:
   82,081); ``<out-dir>/val.txt``: val images with at least one annotation, the authors' 40,137
   (``--val-images all``: every val image, 40,504).
@@ -22,19 +22,26 @@ Writes:
   mask (mask values 1..80 minus 1; what the authors' code reads from the mask, spec §3.1). Images
   with no visible class are left out.
 
-Re-running is a no-op: masks are skipped when present, text files rewritten only when they change.
+Both instances files are checked as a whole before anything is written (top-level entries, every image
+and annotation: ids, sizes, file names, categories, segmentation polygons / RLEs); the first problem is
+one ``error:`` line naming the file and the entry (exit code 2; ``--debug`` shows the traceback). Each
+mask records the SHA-1 of its image's size and annotations (a PNG text entry, ``weclip.data.prepare``):
+re-running is a no-op (masks made from the same annotations are read back, text files rewritten only
+when they change), and a mask whose annotations changed since is rebuilt, never reused. Masks without
+that record (made elsewhere) are used after checking their size.
 """
 
 import argparse
 import logging
 import os
-import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence
 
 from weclip.config import load_config
-from weclip.data.coco import parse_coco_name
 from weclip.data.labels import format_label_file, format_split, write_text_if_changed
-from weclip.data.prepare import coco_mask_job, run_jobs
+from weclip.data.prepare import coco_mask_job, coco_split_jobs, read_coco_instances, run_jobs
+from weclip.errors import ConfigError, DataError, MissingFileError
+from weclip.utils.cli import run_main
 
 logger = logging.getLogger("weclip")
 
@@ -79,21 +86,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=os.path.join(_REPO, "configs", "coco.py"),
         help="config whose data.class_names fixes the class order to check against",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     return parser.parse_args(argv)
 
 
 def category_mapping(
-    categories: List[Dict[str, Any]], class_names: Sequence[str]
+    categories: List[Dict[str, Any]], class_names: Sequence[str], where: str = "categories"
 ) -> Dict[int, int]:
     """COCO category id -> class id 1..80 in ascending id order, checked against ``class_names``.
 
     Args:
         categories (List[dict]): the ``categories`` of an instances JSON.
         class_names (Sequence[str]): the 81 config names, background first (spec §2 spellings).
+        where (str): the file, for messages.
 
     Returns:
         Dict[int, int]: category id -> class id.
     """
+    for index, cat in enumerate(categories):
+        if not (
+            isinstance(cat, dict)
+            and isinstance(cat.get("id"), int)
+            and not isinstance(cat.get("id"), bool)
+            and isinstance(cat.get("name"), str)
+        ):
+            raise DataError(
+                f'{where}: categories[{index}] must be an object with an integer "id" and a '
+                f'string "name", got {str(cat)[:80]}'
+            )
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{where}: category ids repeat")
     cats = sorted(categories, key=lambda c: c["id"])
     names = [VOC_STYLE.get(c["name"], c["name"]) for c in cats]
     expected = list(class_names[1:])
@@ -105,7 +128,7 @@ def category_mapping(
             else f"class {diff + 1} is {names[diff]!r} (category id {cats[diff]['id']}), "
             f"expected {expected[diff]!r}"
         )
-        raise ValueError(f"COCO categories do not match the spec §2 class order: {detail}")
+        raise DataError(f"{where}: COCO categories do not match the spec §2 class order: {detail}")
     return {c["id"]: i + 1 for i, c in enumerate(cats)}
 
 
@@ -119,96 +142,95 @@ def _link_images(root: str) -> None:
             logger.info("linked %s -> %s", target, source)
 
 
-def _split_jobs(
-    root: str, split: str, class_names: Sequence[str]
-) -> Tuple[List[tuple], Dict[str, int]]:
-    """Mask jobs of one split and, per image name, its number of annotations."""
-    from pycocotools.coco import COCO
-
-    ann_file = os.path.join(root, "annotations", f"instances_{split}2014.json")
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}")
-    try:
-        coco = COCO(ann_file)
-    except Exception as exc:
-        raise ValueError(f"Cannot load {ann_file}: {type(exc).__name__}: {exc}") from exc
-    try:
-        cat_to_class = category_mapping(coco.dataset.get("categories", []), class_names)
-    except ValueError as exc:
-        raise ValueError(f"{ann_file}: {exc}") from None
-    unknown = {a["category_id"] for a in coco.dataset.get("annotations", [])} - set(cat_to_class)
-    if unknown:
-        raise ValueError(f"{ann_file}: annotations use unknown category ids {sorted(unknown)}")
-    jobs, num_anns = [], {}
-    for img_id in sorted(coco.getImgIds()):
-        info = coco.imgs[img_id]
-        name = os.path.splitext(info["file_name"])[0]
-        folder, digits = parse_coco_name(name)
-        if folder != split or int(digits) != img_id:
-            raise ValueError(f"{ann_file}: image id {img_id} has file_name {info['file_name']!r}")
-        anns = coco.imgToAnns.get(img_id, [])
-        keep = ("segmentation", "iscrowd", "category_id", "id")
-        anns = [{k: a[k] for k in keep if k in a} for a in anns]
-        out_path = os.path.join(root, "SegmentationClass", split, f"{digits}.png")
-        jobs.append(
-            (name, out_path, info["height"], info["width"], anns, cat_to_class, NUM_CLASSES)
-        )
-        num_anns[name] = len(anns)
-    return jobs, num_anns
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.coco_root
+    if not os.path.isdir(root):
+        raise MissingFileError(f"--coco-root: no such folder: {root}")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise DataError(f"--out-dir {args.out_dir} exists and is not a folder")
     if args.link_images:
         _link_images(root)
     class_names = load_config(args.config).data.class_names
     if len(class_names) != NUM_CLASSES:
-        raise ValueError(
-            f"{args.config}: data.class_names has {len(class_names)} names, expected 81"
+        raise ConfigError(
+            f"{args.config}: data.class_names has {len(class_names)} names, expected 81 "
+            "(background + the 80 COCO categories)"
         )
 
+    # 1) both annotation files read and checked as a whole before anything is written
+    prepared = {}
+    for split in SPLITS:
+        ann_file = os.path.join(root, "annotations", f"instances_{split}2014.json")
+        data = read_coco_instances(ann_file)
+        cat_to_class = category_mapping(data["categories"], class_names, ann_file)
+        mask_dir = os.path.join(root, "SegmentationClass", split)
+        jobs, num_anns, num_objects = coco_split_jobs(
+            ann_file, data, split, cat_to_class, mask_dir, NUM_CLASSES
+        )
+        del data
+        if (
+            split == "train"
+        ):  # the list: images whose mask shows a class (<= a non-crowd annotation)
+            candidates = sorted(n for n, k in num_objects.items() if k > 0)
+        elif args.val_images == "annotated":
+            candidates = sorted(n for n, k in num_anns.items() if k > 0)
+        else:
+            candidates = sorted(num_anns)
+        if not candidates:
+            what = "non-crowd annotation" if split == "train" else "annotation"
+            raise DataError(
+                f"{ann_file}: no image has a {what}: the {split} list would be empty; "
+                "nothing written"
+            )
+        prepared[split] = (jobs, num_anns, candidates)
+
+    # 2) images (before the masks: a missing image folder shows in seconds, not after the masks)
+    if not args.skip_image_check:
+        missing_images = [
+            os.path.join(root, "JPEGImages", split, name + ".jpg")
+            for split, (_, _, candidates) in prepared.items()
+            for name in candidates
+            if not os.path.isfile(os.path.join(root, "JPEGImages", split, name + ".jpg"))
+        ]
+        if missing_images:
+            raise MissingFileError(
+                f"{len(missing_images)} listed images are missing (first: "
+                f"{', '.join(missing_images[:3])}); put the official train2014/val2014 folders at "
+                "<coco-root>/JPEGImages/{train,val} (or --link-images); nothing written"
+            )
+
+    # 3) masks: reused only when made from the same annotations (weclip.data.prepare)
     lists: Dict[str, List[str]] = {}
     labels: Dict[str, List[int]] = {}
-    missing_images: List[str] = []
-    for split in SPLITS:
-        jobs, num_anns = _split_jobs(root, split, class_names)
+    for split, (jobs, _, candidates) in prepared.items():
         results = run_jobs(coco_mask_job, jobs, len(jobs), args.workers, f"masks {split}")
-        written = sum(status == "written" for _, status, _ in results)
+        counts = Counter(status for _, status, _ in results)
         split_labels = {name: ids for name, _, ids in results if ids}
         labels.update(split_labels)
-        if split == "train":
-            names = sorted(split_labels)
-        elif args.val_images == "annotated":
-            names = sorted(n for n, k in num_anns.items() if k > 0)
-        else:
-            names = sorted(num_anns)
+        names = sorted(split_labels) if split == "train" else candidates
+        if not names:
+            raise DataError(
+                f"{split}: no mask shows a class (every annotation is a crowd region or covers no "
+                "pixel): the list would be empty; no list written"
+            )
         lists[split] = names
         logger.info(
-            "%s: %d images, %d masks written, %d with a visible class, list %d (authors: %d)",
+            "%s: %d images, masks %d written, %d rebuilt (annotations changed), %d reused, %d kept "
+            "(no source record); %d with a visible class, list %d (authors: %d)",
             split,
             len(jobs),
-            written,
+            counts["written"],
+            counts["rebuilt"],
+            counts["existing"],
+            counts["kept"],
             len(split_labels),
             len(names),
             SPEC_COUNTS[split],
         )
-        if not args.skip_image_check:
-            for name in names:
-                path = os.path.join(root, "JPEGImages", split, name + ".jpg")
-                if not os.path.isfile(path):
-                    missing_images.append(path)
 
-    if missing_images:
-        logger.error(
-            "ERROR: %d listed images are missing (first: %s); put the official %s folders at "
-            "<coco-root>/JPEGImages/{train,val} (or --link-images); no list written",
-            len(missing_images),
-            ", ".join(missing_images[:5]),
-            "train2014/val2014",
-        )
-        return 1
+    # 4) lists and labels (only when the content changes)
     changed = []
     for split, names in lists.items():
         if write_text_if_changed(os.path.join(args.out_dir, f"{split}.txt"), format_split(names)):
@@ -226,4 +248,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

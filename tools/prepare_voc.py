@@ -6,9 +6,11 @@ Writes (spec §10):
 
 * ``<voc-root>/SegmentationClassAug/<name>.png`` for every name of train_aug ∪ val (12,031), only
   where missing: VOC's ``SegmentationClass/<name>.png`` (palette indices, 255 on boundaries) when
-  VOC has the name, else SBD's ``dataset/cls/<name>.mat`` (``GTcls.Segmentation``). Existing masks
-  are kept as they are, so an already downloaded SegmentationClassAug is used untouched, and an
-  interrupted run resumes.
+  VOC has the name, else SBD's ``dataset/cls/<name>.mat`` (``GTcls.Segmentation``). Each mask
+  records the SHA-1 of its source file (a PNG text entry, ``weclip.data.prepare``): a re-run or an
+  interrupted run reuses the masks made from the same sources and rebuilds those whose source changed
+  since. Masks without that record (an already downloaded SegmentationClassAug) are used untouched,
+  after checking that each has its image's size.
 * ``<out-dir>/{train,val,train_aug}.txt`` (1,464 / 1,449 / 10,582), ``trainval.txt`` (2,913) and
   ``test.txt`` (1,456) when VOC's ``ImageSets/Segmentation`` has them. train_aug = SBD train ∪ SBD
   val ∪ VOC train − VOC val. Without ``--sbd-root``, train_aug = the names in an existing
@@ -16,20 +18,25 @@ Writes (spec §10):
 * ``<out-dir>/cls_labels.txt``: ``name id id ...`` (0-based foreground ids = mask values 1..20 minus
   1; 0 and 255 excluded) for every name with a mask.
 
-Counts are checked against the official ones; on a difference the tool says what is missing and
+Counts are checked against the official ones; on a difference the tool says what differs and
 writes no list (``--no-check-counts`` skips the count check, e.g. for a miniature tree). Missing
-images or masks and masks without any foreground class are always errors. Re-running is a no-op:
-text files are rewritten only when their content changes, masks never.
+images or mask sources stop the tool before any mask is written; a source that cannot be read, holds a
+value that is no VOC class, differs in size from its image, or has no foreground class stops it
+before any list is written. Every such problem is one ``error:`` line (exit code 2; ``--debug``
+shows the traceback). Re-running is a no-op: text files are rewritten only when their content changes,
+masks only when their source does.
 """
 
 import argparse
 import logging
 import os
-import sys
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 from weclip.data.labels import format_label_file, format_split, read_split, write_text_if_changed
 from weclip.data.prepare import run_jobs, voc_mask_job
+from weclip.errors import DataError, MissingFileError
+from weclip.utils.cli import run_main
 
 logger = logging.getLogger("weclip")
 
@@ -59,6 +66,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="do not compare the list sizes with the official ones",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     return parser.parse_args(argv)
 
 
@@ -67,8 +75,8 @@ def _sbd_dataset_dir(sbd_root: str) -> str:
     for candidate in (os.path.join(sbd_root, "dataset"), sbd_root):
         if os.path.isdir(os.path.join(candidate, "cls")):
             return candidate
-    raise FileNotFoundError(
-        f"SBD: no cls/ folder under {sbd_root} or {os.path.join(sbd_root, 'dataset')}"
+    raise MissingFileError(
+        f"--sbd-root: no cls/ folder under {sbd_root} or {os.path.join(sbd_root, 'dataset')}"
     )
 
 
@@ -82,8 +90,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     voc = args.voc_root
     seg_sets = os.path.join(voc, "ImageSets", "Segmentation")
     img_dir = os.path.join(voc, "JPEGImages")
+    if not os.path.isdir(voc):
+        raise MissingFileError(f"--voc-root: no such folder: {voc}")
     if not os.path.isdir(img_dir):
-        raise FileNotFoundError(f"VOC images folder not found: {img_dir}")
+        raise MissingFileError(f"VOC images folder not found: {img_dir} (is --voc-root VOC2012?)")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise DataError(f"--out-dir {args.out_dir} exists and is not a folder")
     aug_dir = os.path.join(voc, "SegmentationClassAug")
     voc_seg_dir = os.path.join(voc, "SegmentationClass")
 
@@ -119,51 +131,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             aug_dir,
         )
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{aug_dir} does not exist and no --sbd-root was given: SBD (benchmark_RELEASE) is "
-            "needed to build "
-            "SegmentationClassAug and the train_aug list"
+            "needed to build SegmentationClassAug and the train_aug list"
         )
     lists["train_aug"] = sorted((pool | set(lists["train"])) - val)
 
-    # 2) masks (built where missing) and their foreground ids
-    mask_names = sorted(set(lists["train_aug"]) | val | set(lists["train"]))
-    jobs = []
-    for name in mask_names:
-        voc_png = os.path.join(voc_seg_dir, name + ".png")
-        sbd_mat = os.path.join(sbd_cls, name + ".mat") if sbd_cls else None
-        jobs.append(
-            (
-                name,
-                os.path.join(aug_dir, name + ".png"),
-                voc_png if os.path.isfile(voc_png) else None,
-                sbd_mat if sbd_mat and os.path.isfile(sbd_mat) else None,
-                NUM_CLASSES,
-            )
-        )
-    results = run_jobs(voc_mask_job, jobs, len(jobs), args.workers, "SegmentationClassAug")
-    labels = {name: ids for name, status, ids in results if status != "missing"}
-    written = sum(status == "written" for _, status, _ in results)
-    existing = sum(status == "existing" for _, status, _ in results)
-    logger.info("masks: %d written, %d already present", written, existing)
-
-    # 3) problems that always stop the tool
-    problems: List[str] = []
-    no_mask = [name for name, status, _ in results if status == "missing"]
-    if no_mask:
-        sources = f"{voc_seg_dir}/<name>.png" + (
-            f" nor {sbd_cls}/<name>.mat" if sbd_cls else " (and no --sbd-root)"
-        )
-        problems.append(
-            f"{len(no_mask)} names have no mask in {aug_dir} and no source: neither {sources} "
-            f"(first: {_first(no_mask)})"
-        )
-    empty = [name for name, ids in labels.items() if not ids]
-    if empty:
-        problems.append(
-            f"{len(empty)} masks have no foreground class "
-            f"(first: {_first([os.path.join(aug_dir, n + '.png') for n in empty])})"
-        )
+    # 2) what stops the tool before any mask is written: missing images, names without any mask source
     listed = sorted(set().union(*lists.values()))
     no_image = [
         os.path.join(img_dir, n + ".jpg")
@@ -171,12 +145,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not os.path.isfile(os.path.join(img_dir, n + ".jpg"))
     ]
     if no_image:
-        problems.append(f"{len(no_image)} listed images are missing (first: {_first(no_image)})")
-    if problems:
-        for p in problems:
-            logger.error("ERROR: %s", p)
-        logger.error("no list or label file written")
-        return 1
+        raise MissingFileError(
+            f"{len(no_image)} listed images are missing (first: {_first(no_image)}); nothing written"
+        )
+    mask_names = sorted(set(lists["train_aug"]) | val | set(lists["train"]))
+    jobs = []
+    no_mask = []
+    for name in mask_names:
+        out_path = os.path.join(aug_dir, name + ".png")
+        voc_png = os.path.join(voc_seg_dir, name + ".png")
+        sbd_mat = os.path.join(sbd_cls, name + ".mat") if sbd_cls else None
+        voc_png = voc_png if os.path.isfile(voc_png) else None
+        sbd_mat = sbd_mat if sbd_mat and os.path.isfile(sbd_mat) else None
+        if voc_png is None and sbd_mat is None and not os.path.isfile(out_path):
+            no_mask.append(name)
+        image = os.path.join(img_dir, name + ".jpg")
+        jobs.append((name, out_path, voc_png, sbd_mat, NUM_CLASSES, image))
+    if no_mask:
+        sources = f"{voc_seg_dir}/<name>.png" + (
+            f" nor {sbd_cls}/<name>.mat" if sbd_cls else " (and no --sbd-root)"
+        )
+        raise MissingFileError(
+            f"{len(no_mask)} names have no mask in {aug_dir} and no source: neither {sources} "
+            f"(first: {_first(no_mask)}); nothing written"
+        )
+
+    # 3) masks: each source checked (readable, class values, the image's size) before it is written;
+    # an existing mask is reused only if it was made from the same source (weclip.data.prepare)
+    results = run_jobs(voc_mask_job, jobs, len(jobs), args.workers, "SegmentationClassAug")
+    labels = {name: ids for name, status, ids in results}
+    counts = Counter(status for _, status, _ in results)
+    written = counts["written"] + counts["rebuilt"]
+    logger.info(
+        "masks: %d written, %d rebuilt (their source changed), %d already present, %d kept as found "
+        "(no source record: an official SegmentationClassAug?)",
+        counts["written"],
+        counts["rebuilt"],
+        counts["existing"],
+        counts["kept"],
+    )
+    empty = [name for name, ids in labels.items() if not ids]
+    if empty:
+        raise DataError(
+            f"{len(empty)} masks have no foreground class "
+            f"(first: {_first([os.path.join(aug_dir, n + '.png') for n in empty])}); "
+            "no list or label file written"
+        )
 
     # 4) official counts
     diffs = [
@@ -185,15 +199,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if len(n) != OFFICIAL[s]
     ]
     if diffs and not args.no_check_counts:
-        for d in diffs + notes:
-            logger.error("COUNT: %s", d)
+        hint = ""
         if any(d.startswith("train_aug") for d in diffs) and not args.sbd_root:
-            logger.error(
-                "COUNT: without --sbd-root, train_aug comes from %s; it should hold 12,031 masks",
-                aug_dir,
-            )
-        logger.error("no list or label file written (--no-check-counts to write them anyway)")
-        return 1
+            hint = f"; without --sbd-root, train_aug comes from {aug_dir}, which should hold 12,031 masks"
+        raise DataError(
+            "list sizes differ from the official ones (spec §10): "
+            + "; ".join(diffs + notes)
+            + hint
+            + "; no list or label file written (--no-check-counts writes them anyway)"
+        )
 
     # 5) write lists and labels (only when the content changes)
     changed = []
@@ -216,4 +230,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

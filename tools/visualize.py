@@ -31,6 +31,7 @@ from weclip.apis import init_model
 from weclip.config import load_config
 from weclip.data import build_dataset
 from weclip.data.images import save_png
+from weclip.data.labels import read_text_lines
 from weclip.errors import UserInputError
 from weclip.evaluation.predictors import PseudoLabelPredictor, SegmentationPredictor
 from weclip.utils.cli import add_runtime_args, parse_scales, run_main
@@ -57,8 +58,8 @@ def read_names(names: Optional[str], list_file: Optional[str]) -> Optional[List[
     elif list_file:
         if not os.path.isfile(list_file):
             raise UserInputError(f"--list: file not found: {list_file}")
-        with open(list_file, encoding="utf-8-sig") as f:
-            out = [line.split("#")[0].split()[0] for line in f if line.split("#")[0].strip()]
+        lines = read_text_lines(list_file, "--list name list")
+        out = [text.split("#")[0].split()[0] for _, text in lines if text.split("#")[0].strip()]
     else:
         return None
     if not out:

@@ -70,7 +70,10 @@ def read_image(image: ImageLike) -> torch.Tensor:
         return image
     else:
         raise UserInputError(f"unsupported image type {type(image).__name__}")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(
+        array.transpose(2, 0, 1)
+    )  # a view when already contiguous (e.g. 1x1)
+    return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
 def _seed_random_weights(cfg: Config, checkpoint: Optional[str]) -> None:

@@ -39,7 +39,8 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
             f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     labels = labels.long()
-    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if logits.shape[-2:] != labels.shape[-2:]:  # (at the same size the resize is the identity)
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     # One CE per pixel; ignored pixels give 0 and no gradient.
     ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")  # (B, H, W)
     valid = labels != ignore_index

@@ -4,7 +4,8 @@ test = dict(
     resize_long=512,  # spec §9
     scales=(1.0, 0.75),  # spec §9 (the first scale is the reference size for merging)
     flip=True,  # spec §9
-    # DenseCRF (spec §9; the authors' script has it commented out, AFA parameters):
+    # DenseCRF (spec §9.3, AFA's parameters): off in the authors' test_msc_flip_voc.py, on in their
+    # test_msc_flip_seg.py (spec §9.1); tools/infer.py --crf turns it on
     crf=dict(
         iter_max=10,  # mean-field iterations
         pos_xy_std=3,  # Gaussian pairwise sxy

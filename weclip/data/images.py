@@ -19,19 +19,28 @@ indices; VOC's palette PNGs store the index, not the colour). An RGB mask is ref
 colours, not classes.
 
 Writing: :func:`save_png` is the one PNG writer of the library (images, masks, palette label maps),
-atomic like every file the library writes.
+atomic like every file the library writes; it can store text entries (PNG ``tEXt`` chunks, read back
+with :func:`png_text`), which the preparation tools use to record what a mask was made from.
 """
 
 import os
-from typing import Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from weclip.errors import DataError, MissingFileError
 from weclip.utils.io import atomic_path
 
-__all__ = ["read_rgb", "read_mask", "save_png", "to_rgb_uint8", "scale_16bit_to_8bit"]
+__all__ = [
+    "read_rgb",
+    "read_mask",
+    "save_png",
+    "png_text",
+    "image_size",
+    "to_rgb_uint8",
+    "scale_16bit_to_8bit",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,7 +74,7 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         path (str): used in error messages only.
 
     Returns:
-        np.ndarray: (H, W, 3) uint8, C-contiguous.
+        np.ndarray: (H, W, 3) uint8, C-contiguous, writable.
     """
     mode = image.mode
     if mode == "RGB":
@@ -90,7 +99,10 @@ def to_rgb_uint8(image: Image.Image, path: PathLike = "<memory>") -> np.ndarray:
         raise DataError(
             f"{path}: conversion gave shape {array.shape} {array.dtype}, expected (H, W, 3) uint8"
         )
-    return np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array)
+    # np.asarray(PIL image) is a read-only view; a writable copy keeps torch.from_numpy of any view of
+    # it defined (a 1x1 image's (3, H, W) transpose is the same buffer)
+    return array if array.flags.writeable else array.copy()
 
 
 def _open_fully(path: PathLike, what: str) -> Image.Image:
@@ -100,11 +112,45 @@ def _open_fully(path: PathLike, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+    except Image.DecompressionBombError as exc:
         raise DataError(
-            f"Cannot read {what} {path}: corrupt or truncated ({type(exc).__name__}: {exc})"
+            f"Cannot read {what} {path}: more pixels than PIL's safety limit "
+            f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {exc}"
         ) from exc
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        kind = (
+            "not an image file"
+            if isinstance(exc, Image.UnidentifiedImageError)
+            else ("corrupt or truncated")
+        )
+        raise DataError(f"Cannot read {what} {path}: {kind} ({type(exc).__name__}: {exc})") from exc
     return image
+
+
+def image_size(path: PathLike, what: str = "image") -> Tuple[int, int]:
+    """(H, W) of an image file from its header (the pixels are not decoded).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataError: the file is not an image PIL can identify.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as exc:
+        raise DataError(f"Cannot read {what} {path}: {type(exc).__name__}: {exc}") from exc
+    return height, width
+
+
+def png_text(path: PathLike) -> Dict[str, str]:
+    """The text entries of a PNG file (``tEXt``/``iTXt`` chunks before the pixels); {} for none."""
+    try:
+        with Image.open(path) as image:
+            return dict(getattr(image, "text", None) or {})
+    except Exception as exc:
+        raise DataError(f"Cannot read {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _read_16bit_rgb_png(path: PathLike) -> np.ndarray:
@@ -164,7 +210,12 @@ def read_mask(path: PathLike) -> np.ndarray:
         )
 
 
-def save_png(path: PathLike, array: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
+def save_png(
+    path: PathLike,
+    array: np.ndarray,
+    palette: Optional[np.ndarray] = None,
+    text: Optional[Mapping[str, str]] = None,
+) -> None:
     """Write a PNG atomically: (H, W, 3) uint8 RGB, or (H, W) uint8 single-channel.
 
     Args:
@@ -173,6 +224,8 @@ def save_png(path: PathLike, array: np.ndarray, palette: Optional[np.ndarray] = 
         palette (np.ndarray, optional): (N, 3) uint8 colours for a 2-D map: written as an indexed
             (``P``) PNG whose pixel values are the map's values (VOC's label format); without it a 2-D map
             is a grayscale (``L``) PNG.
+        text (Mapping[str, str], optional): text entries stored in the file (``tEXt`` chunks, Latin-1),
+            read back with :func:`png_text`.
     """
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8 and palette is None:
@@ -189,5 +242,10 @@ def save_png(path: PathLike, array: np.ndarray, palette: Optional[np.ndarray] = 
         raise ValueError(
             f"{path}: expected (H, W, 3) uint8 RGB or an (H, W) map, got {array.shape}"
         )
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(str(key), str(value))
     with atomic_path(os.fspath(path)) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", pnginfo=info)

@@ -12,23 +12,67 @@ The authors derive image-level labels from the ground-truth masks at training ti
 only the label file, so nothing at training time looks at a mask.
 """
 
+import codecs
 import os
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from weclip.errors import DataError, MissingFileError
-from weclip.utils.io import atomic_write_text
+from weclip.utils.io import atomic_path
 
 __all__ = [
     "read_split",
     "read_label_file",
+    "read_text_lines",
     "format_split",
     "format_label_file",
     "write_text_if_changed",
     "ids_to_multihot",
     "fg_ids_from_mask",
 ]
+
+
+def read_text_lines(path: str, what: str = "text file") -> Iterator[Tuple[int, str]]:
+    """The numbered lines of a UTF-8 text file, tolerant of what editors save.
+
+    A UTF-8 byte-order mark (Notepad) is dropped; ``\\n``, ``\\r\\n`` and ``\\r`` all end a line. Bytes that
+    are not UTF-8 (a Latin-1 file, a binary file given by mistake) raise one error naming the file and the
+    line.
+
+    Args:
+        path (str): the file.
+        what (str): what the file is, for the messages ("split list", "label file").
+
+    Returns:
+        Iterator[Tuple[int, str]]: (1-based line number, line without its line ending).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataError: the file is not UTF-8 text.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{what[0].upper() + what[1:]} not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(
+            f"{path}: the {what} is UTF-16 text (Notepad's 'Unicode'); save it as UTF-8"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line_no}: the {what} is not UTF-8 text (byte 0x{data[err.start]:02x}: "
+            f"{err.reason}); save it as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise DataError(f"{path}: the {what} holds NUL bytes: a binary file, not a {what}?")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return iter(enumerate(lines, start=1))
 
 
 def read_split(path: str) -> List[str]:
@@ -41,28 +85,25 @@ def read_split(path: str) -> List[str]:
         List[str]: the names, in file order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a line holds more than one field, a name repeats, or the list is empty (file
-        and line named).
+        MissingFileError: the file does not exist.
+        DataError: a line holds more than one field, a name repeats, the list is empty, or the file
+        is not UTF-8 text (file and line named). A BOM, CRLF line ends and trailing spaces are fine.
     """
-    if not os.path.isfile(path):
-        raise MissingFileError(f"Split list not found: {path}")
     names: List[str] = []
     seen: Dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 1:
-                raise DataError(
-                    f"{path}:{line_no}: expected one image name per line, got {line.strip()!r}"
-                )
-            name = fields[0]
-            if name in seen:
-                raise DataError(f"{path}:{line_no}: name {name!r} repeats line {seen[name]}")
-            seen[name] = line_no
-            names.append(name)
+    for line_no, line in read_text_lines(path, "split list"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 1:
+            raise DataError(
+                f"{path}:{line_no}: expected one image name per line, got {line.strip()!r}"
+            )
+        name = fields[0]
+        if name in seen:
+            raise DataError(f"{path}:{line_no}: name {name!r} repeats line {seen[name]}")
+        seen[name] = line_no
+        names.append(name)
     if not names:
         raise DataError(f"Split list {path} is empty")
     return names
@@ -79,13 +120,11 @@ def read_label_file(path: str, num_classes: int) -> Dict[str, np.ndarray]:
         Dict[str, np.ndarray]: name -> (K,) int64 ids, K >= 1.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a name without ids, a non-integer id, a repeated id or name, or an id outside
-            0..C-2 (a class-count mismatch between the config and the file); file and line are
-            named.
+        MissingFileError: the file does not exist.
+        DataError: a name without ids, a non-integer id, a repeated id or name, an id outside
+            0..C-2 (a class-count mismatch between the config and the file), or bytes that are
+            not UTF-8; file and line are named.
     """
-    if not os.path.isfile(path):
-        raise MissingFileError(f"Label file not found: {path}")
     if num_classes < 2:
         raise DataError(
             f"num_classes must count background plus at least one class, got {num_classes}"
@@ -93,39 +132,32 @@ def read_label_file(path: str, num_classes: int) -> Dict[str, np.ndarray]:
     num_fg = num_classes - 1
     labels: Dict[str, np.ndarray] = {}
     first_line: Dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            name, raw_ids = fields[0], fields[1:]
-            where = f"{path}:{line_no}"
-            if name in first_line:
-                raise DataError(
-                    f"{where}: name {name!r} already labelled on line {first_line[name]}"
-                )
-            if not raw_ids:
-                raise DataError(
-                    f"{where}: {name!r} has an empty label vector (no foreground class id)"
-                )
-            try:
-                ids = [int(v) for v in raw_ids]
-            except ValueError:
-                raise DataError(
-                    f"{where}: ids must be integers, got {' '.join(raw_ids)!r}"
-                ) from None
-            bad = [i for i in ids if not 0 <= i < num_fg]
-            if bad:
-                raise DataError(
-                    f"{where}: foreground id {bad[0]} out of range 0..{num_fg - 1}: class-count "
-                    f"mismatch, the config has num_classes={num_classes} (background + {num_fg}) "
-                    f"but this label file uses id "
-                    f"{bad[0]} (a label file of another dataset?)"
-                )
-            if len(set(ids)) != len(ids):
-                raise DataError(f"{where}: repeated id in {' '.join(raw_ids)!r}")
-            first_line[name] = line_no
-            labels[name] = np.array(sorted(ids), dtype=np.int64)
+    for line_no, line in read_text_lines(path, "label file"):
+        fields = line.split()
+        if not fields:
+            continue
+        name, raw_ids = fields[0], fields[1:]
+        where = f"{path}:{line_no}"
+        if name in first_line:
+            raise DataError(f"{where}: name {name!r} already labelled on line {first_line[name]}")
+        if not raw_ids:
+            raise DataError(f"{where}: {name!r} has an empty label vector (no foreground class id)")
+        try:
+            ids = [int(v) for v in raw_ids]
+        except ValueError:
+            raise DataError(f"{where}: ids must be integers, got {' '.join(raw_ids)!r}") from None
+        bad = [i for i in ids if not 0 <= i < num_fg]
+        if bad:
+            raise DataError(
+                f"{where}: foreground id {bad[0]} out of range 0..{num_fg - 1}: class-count "
+                f"mismatch, the config has num_classes={num_classes} (background + {num_fg}) "
+                f"but this label file uses id "
+                f"{bad[0]} (a label file of another dataset?)"
+            )
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{where}: repeated id in {' '.join(raw_ids)!r}")
+        first_line[name] = line_no
+        labels[name] = np.array(sorted(ids), dtype=np.int64)
     if not labels:
         raise DataError(f"Label file {path} is empty")
     return labels
@@ -185,14 +217,18 @@ def format_label_file(labels: Mapping[str, Sequence[int]]) -> str:
 
 
 def write_text_if_changed(path: str, text: str) -> bool:
-    """Atomically write ``text`` unless ``path`` already holds exactly it (keeps mtimes on re-runs).
+    """Atomically write ``text`` (UTF-8) unless ``path`` already holds exactly it (keeps mtimes on
+    re-runs).
 
     Returns:
         bool: True when the file was (re)written.
     """
+    data = text.encode("utf-8")
     if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() == text:
+        with open(path, "rb") as f:
+            if f.read() == data:
                 return False
-    atomic_write_text(path, text)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
     return True

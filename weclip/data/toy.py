@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from weclip.data.images import save_png
+from weclip.errors import ConfigError, DataError
 from weclip.utils.io import atomic_write_text
 
 __all__ = [
@@ -81,21 +82,24 @@ class ToyWorldConfig:
     max_overlap: float = 0.1
 
     def __post_init__(self) -> None:
+        # the keys are those of the config's ``toy`` section (weclip.schema.ToyConfig)
         if not 1 <= self.num_classes <= len(TOY_CLASS_NAMES):
-            raise ValueError(
-                f"num_classes must be in [1, {len(TOY_CLASS_NAMES)}], got {self.num_classes}"
+            raise ConfigError(
+                f"toy.num_classes must be in [1, {len(TOY_CLASS_NAMES)}] (the shapes "
+                f"{', '.join(TOY_CLASS_NAMES)}), got {self.num_classes}"
             )
         if not 0 <= self.min_objects <= self.max_objects <= self.num_classes:
-            raise ValueError(
-                f"need 0 <= min_objects <= max_objects <= num_classes, got "
-                f"{self.min_objects}, {self.max_objects}, {self.num_classes}"
+            raise ConfigError(
+                f"toy: need 0 <= min_objects <= max_objects <= num_classes, got min_objects="
+                f"{self.min_objects}, max_objects={self.max_objects}, num_classes={self.num_classes}"
             )
         if not 0 < self.min_size <= self.max_size < 1:
-            raise ValueError(
-                f"need 0 < min_size <= max_size < 1, got {self.min_size}, {self.max_size}"
+            raise ConfigError(
+                f"toy: need 0 < min_size <= max_size < 1, got min_size={self.min_size}, "
+                f"max_size={self.max_size}"
             )
         if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+            raise ConfigError(f"toy.image_size must be >= 16, got {self.image_size}")
 
     @classmethod
     def from_cfg(cls, toy_cfg: Mapping[str, Any]) -> "ToyWorldConfig":
@@ -329,6 +333,12 @@ def write_toy_dataset(
     Returns:
         Dict[str, List[str]]: split name -> image names.
     """
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"toy dataset root {root} exists and is not a folder")
+    for folder in ("JPEGImages", "SegmentationClassAug"):
+        path = os.path.join(root, folder)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise DataError(f"toy dataset: {path} exists and is not a folder")
     splits = {"train": num_train, "val": num_val}
     names = {sp: list(names_for(sp, n)) for sp, n in splits.items()}
     if not force and toy_dataset_complete(root, cfg, seed, num_train, num_val):

@@ -102,8 +102,14 @@ def run_on_dataset(
     rank, world_size = mmdist.get_rank(), mmdist.get_world_size()
     total = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     indices = shard_indices(total, rank, world_size)
+    # its own generator: the loader's worker seed is not drawn from the global RNG, so evaluating (e.g. the
+    # trainer's validation) leaves the training run's random stream (dropout, augmentation) untouched
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=None, shuffle=False, num_workers=data_workers
+        Subset(dataset, indices),
+        batch_size=None,
+        shuffle=False,
+        num_workers=data_workers,
+        generator=torch.Generator(),
     )
     reused = 0
     start = time.perf_counter()

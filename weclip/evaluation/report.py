@@ -30,19 +30,25 @@ __all__ = ["PAPERS", "SECTION", "build_report", "replace_section", "find_metrics
 
 logger = logging.getLogger("weclip")
 
-# The papers' headline numbers (mIoU %): (row title, {(dataset, split): value}). WeCLIP (Zhang et al., CVPR
-# 2024): VOC test 77.2 and COCO val 47.1 as published, VOC val 76.4 from the paper's table (docs/official_code.md
-# §12: whether CRF was applied is not visible in the authors' main test script, spec §9).
-PAPERS: Tuple[Tuple[str, Dict[Tuple[str, str], float]], ...] = (
+# The papers' headline numbers (mIoU %): (model type, row title, {(dataset, split): value}); each paper row
+# heads the rows measured with its model type. WeCLIP (Zhang et al., CVPR 2024): VOC test 77.2 and COCO val
+# 47.1 as published, VOC val 76.4 from the paper's table (docs/official_code.md §12: whether CRF was applied
+# is not visible in the authors' main test script, spec §9). WeCLIP+ (Zhang et al., TPAMI 2025): the
+# abstract's VOC test and COCO val figures (docs/weclip_plus.md).
+PAPERS: Tuple[Tuple[str, str, Dict[Tuple[str, str], float]], ...] = (
     (
+        "WeCLIP",
         "WeCLIP, paper (CVPR 2024)",
         {("VOC", "val"): 76.4, ("VOC", "test"): 77.2, ("COCO", "val"): 47.1},
     ),
+    ("WeCLIPPlus", "WeCLIP+, paper (TPAMI 2025)", {("VOC", "test"): 83.9, ("COCO", "val"): 56.3}),
 )
 PAPER_COLUMNS: Tuple[Tuple[str, str], ...] = (("VOC", "val"), ("VOC", "test"), ("COCO", "val"))
 SOURCES = ("tools/infer.py", "tools/eval_pseudo.py")
-# Row order of the pseudo-label table (rows of other models follow, in the order found).
-PSEUDO_ORDER = ("cam", "cam_par", "static", "static_par", "rfm", "rfm_par")
+# Row order of the pseudo-label table: WeCLIP's rows, then WeCLIP+'s RFM+ (others follow, in the order found).
+PSEUDO_ORDER = (
+    "cam", "cam_par", "static", "static_par", "rfm", "rfm_par", "rfm_plus", "rfm_plus_par",
+)  # fmt: skip
 SECTION = "reproduction"
 
 HOW_TO = """\
@@ -53,9 +59,9 @@ python tools/prepare_voc.py --voc-root data/VOCdevkit/VOC2012 --sbd-root data/be
 tools/dist_train.sh configs/voc.py 4                   # or: python tools/train.py configs/voc.py
 CKPT=work_dirs/voc/checkpoints/iter_30000.pth
 python tools/infer.py configs/voc.py $CKPT --ms 1.0 --no-flip            # single-scale
-python tools/infer.py configs/voc.py $CKPT --crf --workers 8             # MS+flip and MS+flip+CRF
-python tools/infer.py configs/voc.py $CKPT --split test --crf --workers 8   # VOC test: upload results/
-python tools/eval_pseudo.py configs/voc.py $CKPT --split train --crf --workers 8   # pseudo-label rows
+python tools/infer.py configs/voc.py $CKPT --crf --crf-workers 8             # MS+flip and MS+flip+CRF
+python tools/infer.py configs/voc.py $CKPT --split test --crf --crf-workers 8   # VOC test: upload results/
+python tools/eval_pseudo.py configs/voc.py $CKPT --split train --crf --crf-workers 8   # pseudo-label rows
 python tools/report.py work_dirs --update-readme README.md             # regenerate this section
 ```
 COCO: the same with `configs/coco.py` and `tools/prepare_coco.py` (80k iterations). Several seeds: train
@@ -192,24 +198,30 @@ def _column_name(column: Tuple[str, str]) -> str:
 
 
 def segmentation_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """The semantic-segmentation table (the papers' rows first, then one row per measured model/setting)."""
+    """The semantic-segmentation table: per model, its paper's row, then one row per measured setting."""
     cells = group([r for r in records if r["source"] == SOURCES[0]], "setting")
     extra = sorted({col for _, col in cells} - set(PAPER_COLUMNS))
     columns = list(PAPER_COLUMNS) + extra
     header = ["Method", "Inference"] + [_column_name(c) for c in columns]
-    rows = [
-        [title, "as reported"] + [f"{numbers[c]:.1f}" if c in numbers else "–" for c in columns]
-        for title, numbers in PAPERS
-    ]
     keys = sorted({k for k, _ in cells}, key=lambda k: (k[0], _setting_order(k[1])))
-    for model, setting in keys:
-        rows.append(
-            [f"{model}, this repository", setting]
-            + [
-                format_cell([r["miou"] for r in cells.get(((model, setting), c), [])])
-                for c in columns
-            ]
-        )
+    paper_models = list(dict.fromkeys(m for m, _, _ in PAPERS))
+    models = paper_models + sorted({m for m, _ in keys} - set(paper_models))
+    rows = []
+    for model in models:
+        for paper_model, title, numbers in PAPERS:
+            if paper_model == model:
+                rows.append(
+                    [title, "as reported"]
+                    + [f"{numbers[c]:.1f}" if c in numbers else "–" for c in columns]
+                )
+        for setting in [s for m, s in keys if m == model]:
+            rows.append(
+                [f"{model}, this repository", setting]
+                + [
+                    format_cell([r["miou"] for r in cells.get(((model, setting), c), [])])
+                    for c in columns
+                ]
+            )
     return _table(header, rows)
 
 
@@ -260,10 +272,11 @@ def build_report(paths: Sequence[str]) -> str:
     loaded = [r for r in (load_record(p) for p in find_metrics(paths)) if r is not None]
     records = select_records(loaded)
     parts = [
-        "Semantic segmentation, mIoU (%). The first rows hold the numbers reported in the papers (WeCLIP: "
-        "VOC 2012 test 77.2 and COCO 2014 val 47.1 as published, VOC val 76.4 from the paper's table; the "
-        "authors' `test_msc_flip_voc.py` has CRF switched off, their `test_msc_flip_seg.py` runs it, "
-        "docs/official_code.md §9). The other rows are measurements of this repository, generated by "
+        "Semantic segmentation, mIoU (%). Each model's first row holds the numbers reported in its paper "
+        "(WeCLIP: VOC 2012 test 77.2 and COCO 2014 val 47.1 as published, VOC val 76.4 from the paper's "
+        "table; the authors' `test_msc_flip_voc.py` has CRF switched off, their `test_msc_flip_seg.py` runs "
+        "it, docs/official_code.md §9. WeCLIP+: the abstract's VOC test and COCO val figures, "
+        "docs/weclip_plus.md). The rows below it are measurements of this repository, generated by "
         "`tools/report.py` (a cell is the mean ± sample std over runs when there are several). VOC test "
         "is scored by the evaluation server only.",
         "",

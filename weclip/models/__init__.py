@@ -12,3 +12,4 @@ from weclip.models.registry import build_model, register_model, registered_model
 from weclip.models.segnet import SegNetModel, build_segnet
 from weclip.models.text_encoder import prompt_embeddings
 from weclip.models.weclip import WeCLIP, build_weclip
+from weclip.models.weclip_plus import WeCLIPPlus, build_weclip_plus

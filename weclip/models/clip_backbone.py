@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weclip.config import to_plain
+from weclip.errors import CheckpointError, ConfigError, MissingFileError, UserInputError
 from weclip.utils.amp import autocast
 
 logger = logging.getLogger("weclip")
@@ -56,7 +57,7 @@ def _create_architecture(arch: ArchSpec) -> open_clip.CLIP:
     """Build a randomly initialised open_clip CLIP (no download)."""
     if isinstance(arch, str):
         if arch not in open_clip.list_models():
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown open_clip architecture '{arch}'. Use e.g. 'ViT-B-16-quickgelu' (OpenAI weights need "
                 "QuickGELU) or a dict of open_clip.CLIP kwargs."
             )
@@ -70,9 +71,15 @@ def _create_architecture(arch: ArchSpec) -> open_clip.CLIP:
         finally:
             open_clip_logger.setLevel(level)
     else:
-        model = open_clip.CLIP(**dict(arch))
+        try:
+            model = open_clip.CLIP(**dict(arch))
+        except (TypeError, ValueError, KeyError, AssertionError) as err:
+            raise ConfigError(
+                f"cannot build {_describe_arch(arch)}: {type(err).__name__}: {err} (expected "
+                "open_clip.CLIP keyword arguments: embed_dim, vision_cfg, text_cfg, quick_gelu, ...)"
+            ) from err
     if not isinstance(model, open_clip.CLIP):
-        raise ValueError(
+        raise ConfigError(
             f"{_describe_arch(arch)}: only open_clip.CLIP models with a ViT image tower are supported"
         )
     return model
@@ -92,7 +99,7 @@ def _is_torchscript(path: str) -> bool:
 def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
     """Read a state dict from an OpenAI TorchScript archive, a torch checkpoint or a safetensors file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"CLIP weights file not found: {path}. Expected OpenAI's ViT-B-16.pt archive, an open_clip "
             "checkpoint (.pt/.pth/.bin) or a .safetensors file (see README, 'CLIP weights')."
         )
@@ -102,7 +109,7 @@ def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises several error types for damaged files
-            raise ValueError(
+            raise CheckpointError(
                 f"Could not read CLIP weights from {path} (corrupt safetensors file?): {e}"
             ) from e
 
@@ -120,14 +127,16 @@ def _read_weights_file(path: str) -> Dict[str, torch.Tensor]:
         errors.append(
             f"as a torch checkpoint: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}"
         )
-        raise ValueError(
+        raise CheckpointError(
             f"Could not read CLIP weights from {path} ({'; '.join(errors)}). The file may be truncated or "
             "corrupt; expected OpenAI's ViT-B-16.pt archive, an open_clip checkpoint or a .safetensors file."
         ) from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # open_clip training checkpoints
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a CLIP state dict (found {type(obj).__name__})")
+        raise CheckpointError(
+            f"{path} does not hold a CLIP state dict (found {type(obj).__name__})"
+        )
     return dict(obj)
 
 
@@ -162,7 +171,7 @@ def load_clip_state_dict(model: open_clip.CLIP, path: str, arch: ArchSpec) -> No
             details.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-        raise ValueError(
+        raise CheckpointError(
             f"CLIP weights in {path} do not fit the architecture {_describe_arch(arch)} "
             f"(wrong model file?): {' | '.join(details)}"
         )
@@ -181,7 +190,7 @@ def _cached_pretrained_file(arch: str, tag: str, allow_download: bool) -> str:
         None,
     )
     if not cfg:
-        raise ValueError(f"open_clip has no pretrained tag '{tag}' for {arch}")
+        raise ConfigError(f"open_clip has no pretrained tag '{tag}' for {arch}")
     if allow_download:
         return open_clip.download_pretrained(cfg)
     candidates = []
@@ -202,7 +211,7 @@ def _cached_pretrained_file(arch: str, tag: str, allow_download: bool) -> str:
         if os.path.isfile(local):
             return local
         candidates.append(local)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"open_clip weights '{arch}' / '{tag}' are not in the local cache (looked for {candidates}). Set "
         "model.backbone.allow_download=True to download them, or point model.backbone.weights to a file."
     )
@@ -226,7 +235,7 @@ def build_clip_model(arch: ArchSpec, weights: str, allow_download: bool = False)
         logger.info("CLIP %s: random initialisation", _describe_arch(arch))
     elif weights.startswith("hub:"):
         if not isinstance(arch, str):
-            raise ValueError(
+            raise ConfigError(
                 "hub:<tag> weights need an open_clip architecture name, not a custom dict"
             )
         path = _cached_pretrained_file(arch, weights[len("hub:") :], allow_download)
@@ -285,12 +294,12 @@ class FrozenCLIP(nn.Module):
             "proj",
         ):
             if getattr(visual, attr, None) is None:
-                raise ValueError(
+                raise ConfigError(
                     f"unsupported CLIP image tower: it has no '{attr}' (a ViT with a projection is required)"
                 )
         blocks = visual.transformer.resblocks
         if not all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks):
-            raise ValueError("unsupported CLIP image tower: blocks must use nn.MultiheadAttention")
+            raise ConfigError("unsupported CLIP image tower: blocks must use nn.MultiheadAttention")
         self.clip = clip_model.float().eval()
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -411,9 +420,14 @@ def build_backbone(backbone_cfg: Mapping[str, Any]) -> FrozenCLIP:
     arch = backbone_cfg["arch"]
     if not isinstance(arch, str):
         arch = to_plain(arch)
-    model = build_clip_model(
-        arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False)
-    )
-    return FrozenCLIP(
-        model, build_tokenizer(arch, model.context_length), backbone_cfg.get("precision", "fp32")
-    )
+    try:
+        model = build_clip_model(
+            arch, backbone_cfg["weights"], backbone_cfg.get("allow_download", False)
+        )
+        return FrozenCLIP(
+            model,
+            build_tokenizer(arch, model.context_length),
+            backbone_cfg.get("precision", "fp32"),
+        )
+    except UserInputError as err:  # name the config section the user sets
+        raise type(err)(f"model.backbone: {err.args[0] if err.args else err}") from err

@@ -83,6 +83,8 @@ def crop_to_patch_multiple(images: torch.Tensor, patch_size: int) -> torch.Tenso
 def fit_to_patches(images: torch.Tensor, patch_size: int, fit: str = "crop") -> torch.Tensor:
     """Make H and W multiples of the patch size (see :data:`FITS`).
 
+    A side shorter than one patch is first stretched to one patch (bilinear) in both modes.
+
     Args:
         images (torch.Tensor): (B, C, H, W).
         patch_size (int): p.
@@ -92,6 +94,11 @@ def fit_to_patches(images: torch.Tensor, patch_size: int, fit: str = "crop") -> 
         torch.Tensor: (B, C, H', W') with H', W' multiples of p.
     """
     if fit == "crop":
+        H, W = images.shape[-2:]
+        if H < patch_size or W < patch_size:
+            # smaller than one patch: the authors' code crashes here; we stretch that side to one patch
+            size = (max(H, patch_size), max(W, patch_size))
+            images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
         return crop_to_patch_multiple(images, patch_size)
     if fit != "resize":
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")

@@ -1,6 +1,7 @@
 """DenseCRF post-processing of segmentation scores (spec §9, the authors' ``utils/dcrf.py``).
 
-The authors' ``crf_proc`` (present for VOC, commented out in their ``main``): multi-scale logits at
+The authors' ``crf_proc`` (commented out in ``test_msc_flip_voc.py``, run by ``test_msc_flip_seg.py``, the
+seg-only script that can predict VOC test, spec §9.1, §9.3): multi-scale logits at
 the network's output size → bilinear (align_corners=False) to the original image size → softmax →
 fully connected CRF with unary −log(clip(prob, 1e-5, 1)), a Gaussian pairwise term (sxy=3,
 compat=3) and a bilateral one on the uint8 RGB image (sxy=64, srgb=5, compat=4), 10 mean-field
@@ -27,7 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CRF_KEYS", "dense_crf", "logits_to_probs", "crf_from_logits", "CRFPool"]
+from weclip.errors import UserInputError
+
+__all__ = [
+    "CRF_KEYS",
+    "CRFUnavailableError",
+    "dense_crf",
+    "logits_to_probs",
+    "crf_from_logits",
+    "CRFPool",
+]
 
 logger = logging.getLogger("weclip")
 
@@ -37,12 +47,17 @@ CRF_KEYS = ("iter_max", "pos_xy_std", "pos_w", "bi_xy_std", "bi_rgb_std", "bi_w"
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
+class CRFUnavailableError(UserInputError, ImportError):
+    """``--crf`` was asked for but ``pydensecrf`` is not installed (a user error: one ``error:`` line
+    from the tools, and still an ``ImportError`` for library callers)."""
+
+
 def _import_densecrf() -> Any:
     """Import ``pydensecrf.densecrf`` lazily, with an install hint when it is missing."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as err:
-        raise ImportError(
+        raise CRFUnavailableError(
             "DenseCRF post-processing needs the `pydensecrf` module, which is not installed. "
             "Install the maintained fork with `pip install pydensecrf2` (it builds on recent "
             "Python versions and provides `pydensecrf`), or run without --crf."

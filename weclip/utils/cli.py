@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from mmengine.config import DictAction
+from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from weclip.errors import UserInputError
@@ -72,9 +73,20 @@ def add_runtime_args(
     )
 
 
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err.args[0] if err.args else err).split("\n"))
-    return " ".join(text.split())  # collapse the indentation of multi-line messages
+    text = str(err.args[0] if err.args else err)
+    if (
+        _WORKER_TRACEBACK in text
+    ):  # raised in a DataLoader worker: torch re-raises it with the traceback
+        cls = type(err)
+        marker = f"\n{cls.__module__}.{cls.__qualname__}: "
+        text = text.rsplit(marker, 1)[1] if marker in text else text.strip().rsplit("\n", 1)[-1]
+    return " ".join(
+        text.split()
+    )  # one line: collapse newlines and the indentation of multi-line messages
 
 
 def run_main(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]] = None) -> Any:
@@ -96,6 +108,10 @@ def run_main(main: Callable[[Optional[List[str]]], Any], argv: Optional[List[str
     except UserInputError as err:
         if debug:
             raise
+        for bar in list(
+            getattr(tqdm, "_instances", ())
+        ):  # end progress bars: the line starts afresh
+            bar.close()
         line = f"error: {_one_line(err)}"
         folder = os.environ.get(ERROR_DIR_VAR)
         if (
