@@ -166,3 +166,19 @@ def test_affinity_net_shapes_and_a_training_step():
     loss.backward()
     assert torch.isfinite(loss) and net.head.mix.weight.grad.abs().sum() > 0
     assert downsample_labels(torch.tensor([[[1, 2], [3, 4]]]), (1, 1)).tolist() == [[[1]]]
+
+
+def test_random_walk_products_and_squaring_agree():
+    # t K <= bit_length(t) n selects t products, otherwise matrix_power: the same T^t v (float rounding)
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(1, 3, 4, 5, generator=g)
+    affinity = dense_affinity(feats, radius=3, interior_only=False)  # n = 20
+    few = torch.rand(1, 2, 4, 5, generator=g)  # 16 x 2 = 32 <= 5 x 20: products
+    many = torch.rand(1, 30, 4, 5, generator=g)  # 16 x 30 = 480 > 100: squaring
+    transition = affinity[0].pow(8)
+    transition = transition / transition.sum(dim=1, keepdim=True)
+    power = torch.linalg.matrix_power(transition.double(), 16)
+    for scores in (few, many):
+        expected = (power @ scores[0].reshape(scores.shape[1], -1).t().double()).t()
+        walked = random_walk(scores, affinity, beta=8, num_iters=16)
+        assert torch.allclose(walked[0].reshape(scores.shape[1], -1).double(), expected, atol=1e-5)

@@ -64,3 +64,40 @@ def test_errors():
         box_heatmaps([[[2, 0, 2, 2, 1]]], 2, (4, 4))
     with pytest.raises(ValueError, match=r"\(N, 5\)"):
         box_heatmaps([[[0, 0, 2, 2]]], 2, (4, 4))
+
+
+def test_write_box_seed_masks_and_boxes_json(tmp_path):
+    import json
+
+    import numpy as np
+
+    from weclip.baselines.box_seeds import write_box_seed_masks
+    from weclip.data.boxes import boxes_from_mask, read_boxes_json, write_boxes_json
+    from weclip.data.images import read_mask
+    from weclip.errors import DataError
+
+    mask = np.zeros((8, 10), dtype=np.uint8)
+    mask[1:4, 2:6] = 1  # class 1: rows 1-3, columns 2-5 -> edges [2, 1, 6, 4]
+    mask[5:7, 0:2] = 2  # class 2, two regions
+    mask[6:8, 8:10] = 2
+    mask[0, 9] = 255  # ignore: no box
+    boxes = {"a": boxes_from_mask(mask), "b": []}
+    assert boxes["a"] == [[2, 1, 6, 4, 1], [0, 5, 2, 7, 2], [8, 6, 10, 8, 2]]
+    path = str(tmp_path / "boxes.json")
+    write_boxes_json(path, boxes)
+    assert read_boxes_json(path, num_classes=3) == {
+        "a": [[float(v) for v in b[:4]] + [b[4]] for b in boxes["a"]],
+        "b": [],
+    }
+    written = write_box_seed_masks(
+        read_boxes_json(path), {"a": (8, 10), "b": (4, 4)}, 2, str(tmp_path / "seeds")
+    )
+    assert written == 2
+    seeds = read_mask(str(tmp_path / "seeds" / "a.png"))
+    heat, inside = box_heatmaps([boxes["a"]], 2, (8, 10))
+    assert seeds.tolist() == box_seed_labels(heat, inside)[0].tolist()
+    assert (read_mask(str(tmp_path / "seeds" / "b.png")) == 255).all()  # no box: no pair label
+    for bad in ({"x": [[0, 0, 1, 1]]}, {"x": [[2, 0, 1, 1, 1]]}, {"x": [[0, 0, 1, 1, 3]]}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match="bad.json: image 'x'"):
+            read_boxes_json(str(tmp_path / "bad.json"), num_classes=3)

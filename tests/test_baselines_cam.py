@@ -160,3 +160,45 @@ def test_shape_errors():
         cams_to_labels(torch.rand(1, 2, 3, 3), torch.ones(1, 3))
     with pytest.raises(ValueError, match="K \\+ 1 = C"):
         ThresholdSweep(3).update(torch.rand(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_parse_thresholds():
+    from weclip.baselines.sweep import parse_thresholds
+
+    # 0.1:0.9:0.1 -> 9 values, the stop included although 0.1 * 8 + 0.1 is not exactly 0.9 in floats
+    assert parse_thresholds("0.1:0.9:0.1") == pytest.approx([0.1 * i for i in range(1, 10)])
+    assert parse_thresholds("0.2,0.35") == [0.2, 0.35]
+    assert parse_thresholds("0.5:0.5:0.1") == [0.5]
+    for bad in ("0.9:0.1:0.1", "0.1:0.9:0", "a,b", "0.5:1.5:0.5", ""):
+        with pytest.raises(ValueError, match="thresholds"):
+            parse_thresholds(bad)
+
+
+def test_sweep_evaluator_through_the_loop_equals_a_direct_sweep():
+    from weclip.baselines.sweep import ThresholdSweepEvaluator
+    from weclip.evaluation.loop import run_on_dataset
+
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(3):  # images of different sizes, CAMs given at the image size
+        h, w = 5 + i, 7
+        items.append(
+            {
+                "name": f"im{i}",
+                "image": torch.zeros(3, h, w, dtype=torch.uint8),
+                "mask": torch.randint(0, 3, (h, w), generator=g),
+                "cls_labels": torch.tensor([1.0, float(i % 2)]),
+                "cams": torch.rand(2, h, w, generator=g),
+            }
+        )
+    thresholds = (0.2, 0.5, 0.8)
+    run = run_on_dataset(
+        lambda item: {"cams": item["cams"]}, items, [ThresholdSweepEvaluator(3, thresholds)],
+        progress=False,
+    )  # fmt: skip
+    direct = ThresholdSweep(3, thresholds)
+    for item in items:
+        direct.update(item["cams"][None], item["mask"][None], item["cls_labels"][None])
+    got, want = run["results"]["sweep"].rows(), direct.rows()
+    assert [r["miou"] for r in got] == [r["miou"] for r in want]
+    assert got[0]["num_images"] == 3

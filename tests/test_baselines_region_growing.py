@@ -111,3 +111,17 @@ def test_batch_is_processed_like_single_images():
 def test_shape_errors():
     with pytest.raises(ValueError, match="must share B, h, w"):
         grow_regions(torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 4, 3, dtype=torch.bool))
+
+
+def test_region_scores_argmax_is_regions_to_labels():
+    from weclip.baselines.region_growing import region_scores
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(2, 3, 6, 7, generator=g) > 0.5  # overlapping regions and uncovered pixels
+    cams = torch.rand(2, 3, 6, 7, generator=g)
+    cams[0, :, 0, 0] = 0.5  # a three-way tie: the first class, as regions_to_labels
+    masks[0, :, 0, 0] = True
+    scores = region_scores(masks, cams)
+    assert scores.shape == (2, 4, 6, 7) and torch.all(scores[:, 0] == 0.25)
+    assert torch.equal(scores.argmax(dim=1), regions_to_labels(masks, cams))
+    assert scores.argmax(dim=1)[0, 0, 0] == 1  # class 0 (label 1) comes first

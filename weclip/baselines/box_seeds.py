@@ -21,13 +21,27 @@ box sides (about 27% of the box area).
 Box coordinates are continuous pixel edges with the origin at the top-left corner of the top-left
 pixel: a PASCAL-style 1-based inclusive box (xmin..xmax) is (xmin - 1, ymin - 1, xmax, ymax);
 ``tools/prepare_pets.py`` writes ``boxes.json`` in this convention.
+
+:func:`write_box_seed_masks` writes the seed label maps of a split as palette PNGs (pixel value = label,
+255 = unknown): the training targets (``data.train_mask_dir``) of the box-supervised AffinityNet
+(``model.seeds = "boxes"``), augmented with their images by the dataset. An image without a box gets
+255 everywhere (no pair label), not background.
 """
 
-from typing import Sequence, Tuple
+import os
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
+from tqdm import tqdm
 
-__all__ = ["box_heatmaps", "box_seed_labels", "DEFAULT_SIGMA", "DEFAULT_SEED_THRESHOLD"]
+__all__ = [
+    "box_heatmaps",
+    "box_seed_labels",
+    "write_box_seed_masks",
+    "write_split_box_seeds",
+    "DEFAULT_SIGMA",
+    "DEFAULT_SEED_THRESHOLD",
+]
 
 DEFAULT_SIGMA = 0.25
 DEFAULT_SEED_THRESHOLD = 0.5
@@ -114,3 +128,88 @@ def box_seed_labels(
     labels = torch.full_like(index, 255)
     labels = torch.where(peak > threshold, index + 1, labels)
     return labels.masked_fill(~inside.any(dim=1), 0)
+
+
+def write_box_seed_masks(
+    boxes: Mapping[str, Sequence],
+    sizes: Mapping[str, Tuple[int, int]],
+    num_classes: int,
+    out_dir: str,
+    sigma: float = DEFAULT_SIGMA,
+    threshold: float = DEFAULT_SEED_THRESHOLD,
+    names: Optional[Sequence[str]] = None,
+) -> int:
+    """Write ``out_dir/<name>.png``: :func:`box_seed_labels` of each image's boxes at its size.
+
+    Args:
+        boxes (Mapping): name -> (N, 5) boxes (``weclip.data.boxes.read_boxes_json``).
+        sizes (Mapping): name -> (H, W) of the image.
+        num_classes (int): K foreground classes.
+        out_dir (str): the folder (created).
+        sigma (float): Gaussian std / box side.
+        threshold (float): seed threshold.
+        names (Sequence[str], optional): images to write (default: every name of ``sizes``); an image
+            without boxes gets 255 everywhere.
+
+    Returns:
+        int: the number of files written.
+    """
+    from weclip.data.images import save_png
+    from weclip.utils.visualize import voc_palette
+
+    palette = voc_palette()
+    names = list(sizes) if names is None else list(names)
+    for name in tqdm(names, desc="box seeds", leave=False):
+        height, width = sizes[name]
+        image_boxes = boxes.get(name, [])
+        if len(image_boxes) == 0:
+            labels = torch.full((height, width), 255, dtype=torch.long)
+        else:
+            heat, inside = box_heatmaps([image_boxes], num_classes, (height, width), sigma)
+            labels = box_seed_labels(heat, inside, threshold)[0]
+        save_png(os.path.join(out_dir, name + ".png"), labels.numpy().astype("uint8"), palette)
+    return len(names)
+
+
+def write_split_box_seeds(config: str, split: Optional[str] = None) -> str:
+    """The box seeds of a box-supervised AffinityNet config's training split, where it reads them.
+
+    Reads ``<data.split_dir>/boxes.json`` and the image sizes (file headers only) of the split's images,
+    and writes :func:`write_box_seed_masks` with ``model.boxes`` (sigma, threshold) into the config's
+    ``data.train_mask_dir`` (under ``data.root`` unless absolute)::
+
+        python -c "from weclip.baselines.box_seeds import write_split_box_seeds as w; \\
+            w('configs/baselines/pets_species_affinitynet_boxes.py')"
+
+    Args:
+        config (str): a config with ``model.seeds = "boxes"``.
+        split (str, optional): default ``data.train_split``.
+
+    Returns:
+        str: the output folder.
+    """
+    from PIL import Image
+
+    from weclip.config import load_config
+    from weclip.data.boxes import read_boxes_json
+    from weclip.data.labels import read_split
+    from weclip.errors import ConfigError
+
+    cfg = load_config(config)
+    if cfg.model.get("seeds") != "boxes" or not cfg.data.train_mask_dir:
+        raise ConfigError(
+            f"{config}: box seeds are written for model.seeds='boxes' and a data.train_mask_dir"
+        )
+    data = cfg.data
+    names = read_split(os.path.join(data.split_dir, f"{split or data.train_split}.txt"))
+    boxes = read_boxes_json(os.path.join(data.split_dir, "boxes.json"), int(data.num_classes))
+    sizes = {}
+    for name in names:
+        with Image.open(os.path.join(data.root, data.img_dir, name + data.img_suffix)) as image:
+            sizes[name] = (image.height, image.width)
+    out_dir = os.path.join(data.root, data.train_mask_dir)
+    write_box_seed_masks(
+        boxes, sizes, int(data.num_classes) - 1, out_dir,
+        cfg.model.boxes.sigma, cfg.model.boxes.threshold, names,
+    )  # fmt: skip
+    return out_dir

@@ -19,7 +19,8 @@ So a region advances at most one pixel per iteration and never jumps over a band
 pixels. Everything is tensor code (masks (B, K, h, w), means by one matrix product); the only
 Python loop is over iterations. :func:`regions_to_labels` turns the (possibly overlapping) grown
 masks into a label map: a pixel in several regions takes the class with the highest CAM, a pixel
-in none is background.
+in none is background; :func:`region_scores` gives the same decision as (B, K+1, h, w) scores that
+can be resized bilinearly before the argmax (smooth region borders at the image size).
 
 Defaults (no paper fixes them for this variant; tune with the sweep): seed threshold 0.30 (IRN's
 confident-foreground threshold ``conf_fg_thres``), similarity 0.8, 10 iterations, 4-connectivity.
@@ -32,7 +33,17 @@ import torch.nn.functional as F
 
 from weclip.baselines.cam import mask_absent
 
-__all__ = ["dilate_masks", "grow_regions", "region_growing", "regions_to_labels"]
+__all__ = [
+    "dilate_masks",
+    "grow_regions",
+    "region_growing",
+    "regions_to_labels",
+    "region_scores",
+    "REGION_BG_SCORE",
+]
+
+# background score of region_scores: below every inside score (>= 0.5), above the outside 0
+REGION_BG_SCORE = 0.25
 
 
 def dilate_masks(masks: torch.Tensor, connectivity: int = 4) -> torch.Tensor:
@@ -63,6 +74,7 @@ def grow_regions(
     sim_threshold: float = 0.8,
     connectivity: int = 4,
     eps: float = 1e-8,
+    center: bool = False,
 ) -> torch.Tensor:
     """Grow seed masks into adjacent pixels whose feature resembles the region's mean feature.
 
@@ -73,6 +85,9 @@ def grow_regions(
         sim_threshold (float): a frontier pixel joins when cos(f(x), mu_k) > this.
         connectivity (int): 4 or 8.
         eps (float): guards the norms of zero vectors (their similarity is 0).
+        center (bool): subtract each image's mean feature (over its h x w positions) first, so that
+            the cosine compares deviations from the image's average; without it, non-negative (ReLU)
+            features have high cosines almost everywhere.
 
     Returns:
         torch.Tensor: (B, K, h, w) bool grown masks (superset of ``seeds``).
@@ -91,6 +106,8 @@ def grow_regions(
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
     b, d, h, w = features.shape
     flat = features.reshape(b, d, h * w).float()
+    if center:
+        flat = flat - flat.mean(dim=2, keepdim=True)
     unit = flat / flat.norm(dim=1, keepdim=True).clamp(min=eps)  # (B, D, n)
     region = seeds.bool().clone()
     for _ in range(num_iters):
@@ -115,6 +132,7 @@ def region_growing(
     sim_threshold: float = 0.8,
     num_iters: int = 10,
     connectivity: int = 4,
+    center: bool = False,
 ) -> torch.Tensor:
     """Seeds from CAMs, then :func:`grow_regions`.
 
@@ -126,12 +144,13 @@ def region_growing(
         sim_threshold (float): Default: 0.8.
         num_iters (int): Default: 10.
         connectivity (int): Default: 4.
+        center (bool): compare mean-subtracted features (:func:`grow_regions`). Default: False.
 
     Returns:
         torch.Tensor: (B, K, h, w) bool grown masks.
     """
     seeds = mask_absent(cams, cls_labels) > seed_threshold
-    return grow_regions(features, seeds, num_iters, sim_threshold, connectivity)
+    return grow_regions(features, seeds, num_iters, sim_threshold, connectivity, center=center)
 
 
 def regions_to_labels(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
@@ -145,3 +164,22 @@ def regions_to_labels(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
     score = torch.where(masks.bool(), cams.float(), torch.full_like(cams.float(), -1.0))
     peak, index = score.max(dim=1)
     return torch.where(peak >= 0, index + 1, torch.zeros_like(index))
+
+
+def region_scores(masks: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+    """Scores (B, K+1, h, w) whose argmax is :func:`regions_to_labels` (channel c = class id c).
+
+    Channel 0 (background) is 0.25 everywhere; channel k + 1 is (1 + M_k) / 2 inside the region of
+    class k (in [0.5, 1) for CAMs in [0, 1)) and 0 outside it. So a pixel in no region is
+    background, a pixel in several takes the highest CAM (the first class on ties, ``argmax``'s
+    first maximum), as :func:`regions_to_labels`; resized bilinearly, a region's border falls where
+    its score crosses 0.25, about halfway between an inside and an outside cell.
+    """
+    if masks.shape != cams.shape:
+        raise ValueError(f"masks {tuple(masks.shape)} and cams {tuple(cams.shape)} differ")
+    inside = masks.bool()
+    fg = torch.where(
+        inside, (1.0 + cams.float().clamp(0.0, 1.0)) / 2, torch.zeros_like(cams.float())
+    )
+    bg = torch.full_like(fg[:, :1], REGION_BG_SCORE)
+    return torch.cat([bg, fg], dim=1)

@@ -1,0 +1,5 @@
+# Fully supervised upper bound on Oxford-IIIT Pet (species): the second stage's U-Net on the trimap masks.
+#   python tools/train.py configs/baselines/pets_species_segnet_gt.py
+_base_ = ["./pets_species_segnet.py"]
+model = dict(type="FullySupervisedSegNet")
+data = dict(train_mask_dir="SegmentationClass")
