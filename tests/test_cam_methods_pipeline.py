@@ -1,24 +1,34 @@
-"""Every CAM-improvement method end to end at CI size, through the tools a user runs.
+"""Every CAM-improvement method end to end at CI size.
 
 For the plain CAM classifier and each method of ``model.method`` (configs/baselines/toy_cam_<method>.py,
-shrunk: 64 px toy images, 160 training images, 30 steps at batch 8): tools/train.py trains it,
-tools/sweep_cams.py sweeps the background threshold of its CAMs, tools/eval_pseudo.py scores the CAM row
-with the best threshold, and tools/report.py's pseudo-label table must hold one row per method beside the
-plain classifier's. SC-CAM's round clusters with the plain run's checkpoint (``model.method.sc_cam.previous``).
+shrunk: 64 px toy images, 160 training images, 30 steps at batch 8): the trainer of tools/train.py
+(``run_training``, in this process: seven interpreter starts fewer) trains it and writes its checkpoint,
+the threshold sweep of tools/sweep_cams.py (``sweep_checkpoint``) picks its background threshold,
+tools/eval_pseudo.py scores its CAM row with that threshold, and tools/report.py's pseudo-label table must
+hold one row per method beside the plain classifier's. SC-CAM's round clusters with the plain run's
+checkpoint (``model.method.sc_cam.previous``). The full-size toy runs of docs/cam_methods.md go through
+tools/train.py and tools/sweep_cams.py themselves.
 
 At this size nothing localises (the toy classifier needs ~800 steps at 64 px, docs/baselines.md): the test
 asserts that each method trains (finite loss, its own terms logged), that the sweep and the evaluation
 produce valid mIoUs, and that the report names each method; docs/cam_methods.md has the measured numbers.
 """
 
-import csv
 import json
 import math
 import os
 import textwrap
 
 import pytest
-from helpers import make_toy_root, run_tool
+from helpers import make_toy_root, run_tool, single_thread
+
+from weclip.apis import init_model
+from weclip.baselines.cam import best_row, sweep_rows
+from weclip.baselines.sweep import sweep_checkpoint
+from weclip.config import load_config
+from weclip.data import build_dataset
+from weclip.engine.trainer import run_training
+from weclip.utils.dist import init_distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "baselines")
@@ -69,21 +79,23 @@ def test_every_method_trains_sweeps_and_reports(tmp_path):
         text = f"_base_ = [{os.path.join(CONFIGS, name)!r}]\n" + COMMON.format(root=root)
         config.write_text(text + textwrap.dedent(extra.format(previous=previous)) + "\n")
         work_dir = str(work / method)
-        run_tool("train", [str(config), "--device", "cpu", "--work-dir", work_dir])
+        cfg = load_config(str(config))
+        cfg.work_dir = work_dir
+        with single_thread():
+            run_training(cfg, work_dir, init_distributed("none", "cpu"))
         log = _train_log(work_dir)
         assert math.isfinite(log["loss"]), (method, log)
         missing = [t for t in terms if t not in log]
         assert not missing, f"{method}: terms {missing} not logged ({sorted(log)})"
         ckpt = os.path.join(work_dir, "checkpoints", "iter_30.pth")
-        sweep_csv = os.path.join(work_dir, "sweep.csv")
-        run_tool(
-            "sweep_cams",
-            [str(config), ckpt, "--split", "train", "--max-images", "32", "--out", sweep_csv],
-        )
-        with open(sweep_csv, newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == 9  # thresholds 0.1 .. 0.9
-        best = max(rows, key=lambda r: float(r["miou"]))
+        thresholds = [0.1 * i for i in range(1, 10)]
+        with single_thread():
+            model = init_model(cfg, ckpt, "cpu")
+            train_set = build_dataset(cfg.data, "train", train=False, with_labels=True)
+            sweep = sweep_checkpoint(model, train_set, thresholds, max_images=32)
+        rows = sweep_rows({ckpt: sweep})
+        assert len(rows) == 9
+        best = best_row(rows)
         assert 0.0 < float(best["miou"]) <= 1.0
         run_tool(
             "eval_pseudo",
