@@ -13,6 +13,7 @@ __all__ = [
     "PSEUDO_EXTRAS",
     "setting_label",
     "slug",
+    "model_label",
     "infer_extras",
     "pseudo_extras",
 ]
@@ -28,7 +29,7 @@ INFER_EXTRAS = (
     "crf",
     "crf_params",  # test.crf when crf is true, else null
     "resize_long",
-    "model",  # cfg.model.type
+    "model",  # cfg.model.type (+ " + " + model.method.type for a CAM-improvement method: model_label)
     "checkpoint",
     "iteration",  # training iteration of the checkpoint (null for a bare state dict)
     "train_seed",  # train.seed stored in the checkpoint (runs differing only here are averaged by report.py)
@@ -82,6 +83,17 @@ def slug(text: str) -> str:
     return "_".join(part for part in out.split("_") if part)
 
 
+def model_label(cfg: Any) -> str:
+    """The model's name in records and report rows: ``cfg.model.type``, plus the CAM-improvement method of
+    a CAM classifier (``model.method.type``, docs/cam_methods.md) when one is set, e.g.
+    "CAMClassifier + seam"."""
+    label = str(cfg.model.type)
+    method = cfg.model.get("method")
+    if isinstance(method, Mapping) and method.get("type", "none") != "none":
+        label += f" + {method['type']}"
+    return label
+
+
 def _common(
     cfg: Any,
     split: str,
@@ -93,7 +105,7 @@ def _common(
     return {
         "dataset": str(cfg.data.name),
         "split": split,
-        "model": str(cfg.model.type),
+        "model": model_label(cfg),
         "checkpoint": model_info.get("checkpoint"),
         "iteration": model_info.get("iteration"),
         "train_seed": model_info.get("train_seed"),

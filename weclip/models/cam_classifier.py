@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weclip.baselines.cam import multiscale_flip_cams, scores_with_background
+from weclip.baselines.cam_methods.training import CAMMethod, build_cam_method, step_generator
 from weclip.baselines.classifier import (
     CAMClassifier,
     UNetCAMClassifier,
@@ -79,6 +80,8 @@ class CAMClassifierModel(nn.Module):
         pixel_mean (Sequence[float]): (3,) on 0-255 RGB.
         pixel_std (Sequence[float]): (3,).
         class_names (Sequence[str], optional): C names.
+        method (CAMMethod, optional): ``model.method`` (``weclip.baselines.cam_methods.training``):
+            the training loss of a CAM-improvement method and, for SEAM / P2P, the CAMs.
     """
 
     def __init__(
@@ -97,9 +100,11 @@ class CAMClassifierModel(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         class_names: Optional[Sequence[str]] = None,
+        method: Optional[CAMMethod] = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.method = method
         self.kind = kind
         self.dice_weight = float(dice_weight)
         self.threshold, self.bg_mode = float(threshold), bg_mode
@@ -145,8 +150,14 @@ class CAMClassifierModel(nn.Module):
 
     def raw_cams(self, x: torch.Tensor) -> torch.Tensor:
         """Raw (ReLU'd, unnormalised) CAMs (B, K, H, W) at the size of the normalised input ``x``."""
-        features = self.classify(x)["features"]
-        return grid_to_image(self.net.raw_cams(features), self.stride, x.shape[-2:])
+        return grid_to_image(self.grid_cams(x, self.classify(x)), self.stride, x.shape[-2:])
+
+    def grid_cams(self, x: torch.Tensor, net_out: Mapping[str, Any]) -> torch.Tensor:
+        """Raw CAMs (B, K, h, w) on the grid of :meth:`classify`'s output ``net_out`` of ``x``: ReLU(W f),
+        or the method's (SEAM / P2P: PCM-revised)."""
+        if self.method is not None and self.method.revises_cams:
+            return self.method.grid_cams(self.net, pad_to_multiple(x, self.stride), net_out)
+        return self.net.raw_cams(net_out["features"])
 
     def cam_maps(
         self,
@@ -168,7 +179,7 @@ class CAMClassifierModel(nn.Module):
         scales = self.scales if scales is None else tuple(scales)
         flip = self.flip if flip is None else bool(flip)
         if net_out is not None and scales == (1.0,) and not flip:
-            raw = grid_to_image(self.net.raw_cams(net_out["features"]), self.stride, x.shape[-2:])
+            raw = grid_to_image(self.grid_cams(x, net_out), self.stride, x.shape[-2:])
             return normalize_cams(raw)
         return multiscale_flip_cams(self.raw_cams, x, scales, flip, tuple(x.shape[-2:]))
 
@@ -257,14 +268,17 @@ class CAMClassifierModel(nn.Module):
         if mode == "loss":
             if cls_labels is None or iteration is None:
                 raise ValueError("mode='loss' needs cls_labels and the 1-indexed iteration")
-            out = self.classify(x)
-            losses = cam_classifier_loss(
-                out["logits"],
-                cls_labels,
-                self.kind,
-                out["features"] if self.dice_weight > 0 else None,
-                self.dice_weight,
-            )
+            if self.method is not None:
+                losses, out = self.method.loss(self, x, cls_labels, step_generator())
+            else:
+                out = self.classify(x)
+                losses = cam_classifier_loss(
+                    out["logits"],
+                    cls_labels,
+                    self.kind,
+                    out["features"] if self.dice_weight > 0 else None,
+                    self.dice_weight,
+                )
             with torch.no_grad():  # for the trainer's image panels only
                 cams = grid_to_image(self.net.cams(out["features"]), self.stride, x.shape[-2:])
                 present = self.predict_labels(out["logits"])
@@ -386,7 +400,13 @@ def build_cam_classifier(cfg: Mapping[str, Any]) -> CAMClassifierModel:
             f"config key 'loss.dice_weight' = {loss_cfg['dice_weight']}: the weak Dice term needs "
             "the U-Net CAM classifier (model.arch='unet')"
         )
+    if loss_cfg["dice_weight"] > 0 and model_cfg["method"]["type"] != "none":
+        raise ConfigError(
+            f"config key 'loss.dice_weight' = {loss_cfg['dice_weight']}: the weak Dice term is not "
+            f"combined with model.method.type = {model_cfg['method']['type']!r}"
+        )
     net = build_cam_network(model_cfg, int(data_cfg["num_classes"]) - 1)
+    method = build_cam_method(model_cfg["method"], net, loss_cfg["kind"], data_cfg)
     logger.info(
         "CAM classifier: %s, CAM stride %d, %s loss, %s trainable parameters",
         model_cfg["resnet"]["arch"] if model_cfg["arch"] == "resnet" else "U-Net",
@@ -409,4 +429,5 @@ def build_cam_classifier(cfg: Mapping[str, Any]) -> CAMClassifierModel:
         pixel_mean=model_cfg["pixel_mean"],
         pixel_std=model_cfg["pixel_std"],
         class_names=data_cfg["class_names"],
+        method=method,
     )

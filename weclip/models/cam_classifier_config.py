@@ -7,6 +7,7 @@ normalisation, the issue's 0.1 weight for the U-Net's weak Dice term.
 
 from typing import Any, Dict, Literal, Tuple
 
+from weclip.baselines.cam_methods.config import CAMMethodConfig
 from weclip.baselines.resnet import IMAGENET_MEAN, IMAGENET_STD
 from weclip.errors import ConfigError
 from weclip.schema import key, section
@@ -89,6 +90,8 @@ class CAMClassifierModelConfig:
     presence_threshold: float = key(
         0.5, gt=0, lt=1, doc="mode='predict': classes with sigmoid(logit) > this (multilabel)"
     )
+    # CAM-improvement method of the training (docs/cam_methods.md); type "none" = the plain classifier
+    method: CAMMethodConfig = key(CAMMethodConfig())
 
     @staticmethod
     def check(values: Dict[str, Any], prefix: str) -> None:
