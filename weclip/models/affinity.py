@@ -52,6 +52,7 @@ from weclip.baselines.maps import (
 )
 from weclip.errors import CheckpointError, ConfigError
 from weclip.models.affinity_config import AffinityLossConfig, AffinityModelConfig
+from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 
 __all__ = ["AffinityNetModel", "build_affinitynet", "load_cam_model", "AFFINITY_ROWS"]
@@ -175,9 +176,7 @@ class AffinityNetModel(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------ pieces
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ from weclip.baselines.maps import (
 from weclip.baselines.region_growing import region_growing, region_scores
 from weclip.errors import ConfigError
 from weclip.models.cam_classifier_config import CAMClassifierLossConfig, CAMClassifierModelConfig
+from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 
 __all__ = ["CAMClassifierModel", "build_cam_classifier", "CAM_ROWS", "build_cam_network"]
@@ -138,9 +139,7 @@ class CAMClassifierModel(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------ CAMs
     def classify(self, x: torch.Tensor) -> Dict[str, Any]:

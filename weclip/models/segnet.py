@@ -23,6 +23,7 @@ from torch import nn
 from weclip.baselines.maps import pair_maps
 from weclip.baselines.segnet import DeepLabV3ResNet50, UNet, segmentation_loss
 from weclip.errors import ConfigError
+from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 from weclip.models.segnet_config import SEGNET_TYPES, SegNetLossConfig, SegNetModelConfig
 
@@ -76,9 +77,7 @@ class SegNetModel(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def loss(self, seg_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``segmentation_loss`` with the ``loss`` section (CE or focal, ignore 255)."""

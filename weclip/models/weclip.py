@@ -25,6 +25,7 @@ from weclip.losses import total_loss
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone
 from weclip.models.decoder import WeCLIPDecoder
 from weclip.models.official_names import load_official_decoder_state
+from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 from weclip.models.text_encoder import prompt_embeddings
 from weclip.models.weclip_config import WeCLIPLossConfig, WeCLIPModelConfig
@@ -189,9 +190,7 @@ class WeCLIP(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 or float 0-255 RGB -> (x - mean) / std, float32 (spec §1.2)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def encode(
         self, images: torch.Tensor, fit: str = "crop", maps: Optional[int] = None

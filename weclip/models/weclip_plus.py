@@ -40,6 +40,7 @@ from weclip.cam.gradcam import GradCAMResult, gradcam
 from weclip.errors import CheckpointError, ConfigError, MissingFileError, UserInputError
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone
 from weclip.models.dino_backbone import FrozenDINOv2, build_dino_backbone
+from weclip.models.pixels import normalize_pixels
 from weclip.models.plus.decoder import PlusDecoderOutput, WeCLIPPlusDecoder
 from weclip.models.plus.losses import PLUS_LOSS_DEFAULTS, plus_total_loss
 from weclip.models.plus.official_names import load_official_plus_decoder_state
@@ -228,9 +229,7 @@ class WeCLIPPlus(nn.Module):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 or float 0-255 RGB -> (x - mean) / std, float32 (doc §2.2, spec §1.2)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) RGB, got {tuple(images.shape)}")
-        return (images.float() - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def encode(self, images: Tensor, fit: str = "crop") -> PlusFeatures:
         """Normalise, run the frozen CLIP on the patch-multiple view and DINOv2 on the whole image.
