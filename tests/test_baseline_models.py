@@ -17,6 +17,7 @@ from weclip.baselines.affinitynet import (
     affinity_labels,
     affinity_loss,
     confident_labels,
+    crf_confident_labels,
     downsample_labels,
     pair_affinities,
 )
@@ -269,8 +270,16 @@ def test_affinitynet_loss_is_the_library_loss_and_only_the_net_trains(tmp_path, 
 
     with torch.no_grad():  # the same loss from the library functions
         cams = model.cam_model.cam_maps(model.cam_model.preprocess(images))
-        # the toy config's confident thresholds (configs/baselines/toy_affinitynet.py)
-        seeds = confident_labels(cams, LABELS, "threshold", 0.7, 0.3).masked_fill(~valid, 255)
+        # the toy config's confident regions (configs/baselines/toy_affinitynet.py): psa's powers
+        # 4 / 32, each score map through the dense CRF of model.labels.crf_params
+        crf_cfg = model.labels_cfg["crf_params"]
+        seeds = crf_confident_labels(images, cams, LABELS, crf_cfg, "power", 4.0, 32.0)
+        seeds = seeds.masked_fill(~valid, 255)
+        # labels.crf = False: the CAMs' own confident regions
+        model.labels_cfg.update(crf=False, mode="threshold", fg_value=0.7, bg_value=0.3)
+        plain = model.seed_labels(images, cams, LABELS, valid, None)
+        expected_plain = confident_labels(cams, LABELS, "threshold", 0.7, 0.3)
+        assert torch.equal(plain, expected_plain.masked_fill(~valid, 255))
     assert torch.equal(out["pseudo_labels"], seeds) and bool((seeds[:, :, 24:] == 255).all())
     f = model.net(pad_to_multiple(model.preprocess(images), 4))  # (2, 8, 8, 8)
     padded = torch.nn.functional.pad(seeds, (0, 2, 0, 0), value=255)  # 30 -> 32 columns

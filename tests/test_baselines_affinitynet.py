@@ -12,6 +12,7 @@ from weclip.baselines.affinitynet import (
     affinity_loss,
     combine_confident_labels,
     confident_labels,
+    crf_confident_labels,
     dense_affinity,
     downsample_labels,
     pair_affinities,
@@ -72,6 +73,49 @@ def test_confident_labels_power_and_threshold():
     assert combine_confident_labels(fg_map, bg_map).tolist() == [[0, 0, 1, 255]]
     with pytest.raises(ValueError, match="'power' or 'threshold'"):
         confident_labels(cams, mode="crf")
+
+
+def _crf_cfg(bi_w):
+    """psa's CRF kernels without the Gaussian one (pos_w 0), a sharp colour term (bi_rgb_std 1: two
+    pixels of different colour do not interact) of weight ``bi_w`` reaching the whole row (bi_xy_std 80)."""
+    return dict(iter_max=10, pos_xy_std=3.0, pos_w=0.0, bi_xy_std=80.0, bi_rgb_std=1.0,
+                bi_w=bi_w, prob_clip=1e-5)  # fmt: skip
+
+
+def test_crf_confident_labels_by_hand():
+    # one row of 8 pixels: 4 white, 4 black; CAM 0.9 on the first 3, 0.2 on the last white one, 0.02
+    # on the black ones
+    images = torch.zeros(1, 3, 1, 8, dtype=torch.uint8)
+    images[..., :4] = 255
+    cams = torch.tensor([[[[0.9, 0.9, 0.9, 0.2, 0.02, 0.02, 0.02, 0.02]]]])
+    # without pairwise terms the CRF is the argmax of its unary -log(p), i.e. of the scores:
+    # confident_labels' values (test above): 0.9 -> 1, 0.2 -> neutral, 0.02 -> 0
+    plain = crf_confident_labels(images, cams, None, _crf_cfg(0.0))
+    assert plain.tolist() == confident_labels(cams).tolist() == [[[1, 1, 1, 255, 0, 0, 0, 0]]]
+    # with the colour term, pixel 3 takes its white neighbours' class in the alpha = 4 CRF: its unary
+    # prefers background by -log 0.2 + log 0.8^4 = 1.61 - 0.89 = 0.72, the 3 white foreground pixels
+    # (Q ~ 1, kernel ~ 1) penalise background by ~ 3 x bi_w = 30; the black pixels do not reach it
+    # (kernel exp(-255^2 / 2) ~ 0). In the alpha = 32 CRF it is foreground already (0.2 > 0.8^32).
+    snapped = crf_confident_labels(images, cams, None, _crf_cfg(10.0))
+    assert snapped.tolist() == [[[1, 1, 1, 1, 0, 0, 0, 0]]]
+    # the CRF sees the present classes only and their ids come back: the same CAM as class 2 of 2
+    # (class 1 absent) gives class id 2 where the single-class map gave 1
+    two = torch.cat([torch.rand_like(cams), cams], dim=1)
+    present = crf_confident_labels(images, two, torch.tensor([[0.0, 1.0]]), _crf_cfg(10.0))
+    assert present.tolist() == [[[2, 2, 2, 2, 0, 0, 0, 0]]]
+    # an absent class never wins: class 2's CAM with only class 1 present, whose CAM is 0 -> the
+    # background (1 - 0)^alpha = 1 everywhere
+    absent = crf_confident_labels(
+        images,
+        torch.cat([torch.zeros_like(cams), cams], 1),
+        torch.tensor([[1.0, 0.0]]),
+        _crf_cfg(0.0),
+    )
+    assert absent.tolist() == [[[0] * 8]]
+    with pytest.raises(ValueError, match="at the CAMs' size"):
+        crf_confident_labels(images[..., :4], cams, None, _crf_cfg(0.0))
+    with pytest.raises(ValueError, match="'power' or 'threshold'"):
+        crf_confident_labels(images, cams, None, _crf_cfg(0.0), mode="crf")
 
 
 def test_pair_affinities_l1():

@@ -9,7 +9,7 @@ toy_segnet_gt.py, toy_weclip.py):
  3. sweep background thresholds x its checkpoints (train)    tools/sweep_cams.py -> best (t, checkpoint)
  4. CAM pseudo-labels, threshold and region growing (train)  tools/eval_pseudo.py --rows cam,cam_rg
  5. train AffinityNet on the best checkpoint's CAMs          tools/train.py toy_affinitynet.py
-    (the random walk's background threshold: the sweep's)
+    (the random walk's background: the config's, not the sweep's threshold)
  6. random-walk pseudo-labels, exported as masks (train)     tools/eval_pseudo.py --rows rw --export-dir
  7. train the second stage on them                           tools/train.py toy_segnet.py
  8. train the fully supervised upper bound (ground truth)    tools/train.py toy_segnet_gt.py
@@ -149,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
                configs["cam"], cam_ckpt, *ps, *cpu, "--rows", "cam,cam_rg",
                "--out-dir", pseudo["cam"], options=cam_opts)  # fmt: skip
 
-    aff_opts = [f"model.cam_checkpoint={cam_ckpt}", f"model.walk.bg_value={best['threshold']}"]
+    aff_opts = [f"model.cam_checkpoint={cam_ckpt}"]
     aff_ckpt = run.train(configs["affinity"], dirs["affinity"], aff_opts)  # 5
     masks = os.path.join(work, "pseudo_masks")
     run.unless(os.path.join(pseudo["affinity"], "rw", "metrics.json"), "eval_pseudo",  # 6

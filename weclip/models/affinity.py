@@ -34,6 +34,7 @@ from weclip.baselines.affinitynet import (
     affinity_labels,
     affinity_loss,
     confident_labels,
+    crf_confident_labels,
     dense_affinity,
     downsample_labels,
     pair_affinities,
@@ -198,13 +199,15 @@ class AffinityNetModel(nn.Module):
 
     def seed_labels(
         self,
+        images: torch.Tensor,
         cams: torch.Tensor,
         cls_labels: torch.Tensor,
         valid: Optional[torch.Tensor],
         targets: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """Confident labels (B, H, W): 0 background, 1..K foreground, 255 neutral (padding included),
-        from the classifier's CAMs (B, K, H, W) of the crop, or the box seed ``targets``."""
+        from the classifier's CAMs (B, K, H, W) of the uint8 crop ``images`` (B, 3, H, W; with
+        ``model.labels.crf`` the CRF sees them), or the box seed ``targets``."""
         if self.seeds == "boxes":
             if targets is None:
                 raise ValueError(
@@ -213,7 +216,15 @@ class AffinityNetModel(nn.Module):
                 )
             return targets.long()
         cfg = self.labels_cfg
-        labels = confident_labels(cams, cls_labels, cfg["mode"], cfg["fg_value"], cfg["bg_value"])
+        if cfg["crf"]:
+            labels = crf_confident_labels(
+                images, cams, cls_labels, cfg["crf_params"], cfg["mode"], cfg["fg_value"],
+                cfg["bg_value"],
+            )  # fmt: skip
+        else:
+            labels = confident_labels(
+                cams, cls_labels, cfg["mode"], cfg["fg_value"], cfg["bg_value"]
+            )
         if valid is not None:
             labels = labels.masked_fill(~valid.bool(), IGNORE_INDEX)
         return labels
@@ -293,7 +304,7 @@ class AffinityNetModel(nn.Module):
             cams, _ = self.classifier_cams(
                 images, self.labels_cfg["scales"], self.labels_cfg["flip"]
             )
-            seeds = self.seed_labels(cams, cls_labels, valid, targets)
+            seeds = self.seed_labels(images, cams, cls_labels, valid, targets)
             f = self.features(images)
             padded = F.pad(
                 seeds,

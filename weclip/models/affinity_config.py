@@ -12,7 +12,7 @@ from typing import Any, Dict, Literal, Optional, Tuple
 from weclip.baselines.box_seeds import DEFAULT_SEED_THRESHOLD, DEFAULT_SIGMA
 from weclip.baselines.resnet import IMAGENET_MEAN, IMAGENET_STD
 from weclip.errors import ConfigError
-from weclip.schema import key, section
+from weclip.schema import CRFConfig, key, section
 
 __all__ = [
     "AffinityTrunkConfig",
@@ -57,6 +57,23 @@ class ConfidentLabelConfig:
         (1.0,), gt=0, nonempty=True, doc="CAM scales of the training crop (psa: MS, offline)"
     )
     flip: bool = key(False)
+    # Ahn & Kwak, CVPR 2018 (https://arxiv.org/abs/1803.10464), Sec. 3.2, and psa's infer_cls.py
+    # (la_crf / ha_crf, alpha 4 / 32): the confident regions are those of a dense CRF on the scores of
+    # each background power. On the CI-size toy world (tests/test_baseline_pipeline.py) the CRF'd labels
+    # walk to 34.6 mIoU, the uncorrected CAM > 0.7 / < 0.3 labels to 32.6 (first 200 train images,
+    # 300 steps, walk t = 0.5 for 8 steps; docs/baselines.md)
+    crf: bool = key(
+        True,
+        doc="dense CRF on both score maps before the confident regions (the paper, Sec. 3.2; psa's "
+        "code, offline); False: the CAMs' regions as they are",
+    )
+    # psa's crf_inference: 10 mean-field steps, Gaussian sxy 3 / compat 3, bilateral sxy 80, srgb 13,
+    # compat 10; scores clipped at 1e-5 before the -log
+    crf_params: CRFConfig = key(
+        CRFConfig(
+            iter_max=10, pos_xy_std=3.0, pos_w=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_w=10.0
+        )
+    )
 
 
 @section
