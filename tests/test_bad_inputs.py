@@ -642,6 +642,21 @@ def _(w, d):
     )  # fmt: skip
 
 
+@case("train/imagenet-weights-missing")
+def _(w, d):
+    # a baseline whose trunk weights come from a local file that is not there
+    config = d / "cam.py"
+    config.write_text(
+        f"_base_ = [{os.path.join(REPO, 'configs', 'baselines', 'toy_cam.py')!r}]\n"
+        f"data = dict(root={w.root!r}, split_dir={w.root!r})\n"
+    )
+    missing = d / "resnet18-f37072fd.pth"
+    return Case(
+        "train", _train(config, d, "--cfg-options", f"model.resnet.weights={missing}"),
+        ["Weights file not found", str(missing), "local file only"], [d / "work" / "checkpoints"],
+    )  # fmt: skip
+
+
 @case("train/unknown-option")
 def _(w, d):
     return Case(

@@ -36,7 +36,7 @@ from weclip.config import load_config
 from weclip.engine.checkpoint import load_checkpoint, save_checkpoint, trainable_of
 from weclip.engine.optim import build_optimizer
 from weclip.engine.trainer import Trainer
-from weclip.errors import CheckpointError, ConfigError
+from weclip.errors import CheckpointError, ConfigError, MissingFileError
 from weclip.models.registry import build_model
 from weclip.refine.pseudo_label import scores_to_labels
 from weclip.utils.dist import init_distributed
@@ -368,7 +368,7 @@ def test_affinitynet_box_seeds_and_errors(tmp_path, toy_root):
 
 # ---------------------------------------------------------------------------------------------- SegNet
 def _segnet_config(tmp_path, root, body="", base="toy_segnet_gt.py"):
-    body = "model = dict(unet=dict(width=4, depth=2))\n" + textwrap.dedent(body)
+    body = 'model = dict(arch="unet", unet=dict(width=4, depth=2))\n' + textwrap.dedent(body)
     return _config(tmp_path, base, root, body, name="seg.py")
 
 
@@ -426,6 +426,24 @@ def test_segnet_types_name_their_targets(tmp_path, toy_root):
     with pytest.raises(ConfigError, match="loss.alpha.*expected 5"):
         body = 'loss = dict(kind="focal", alpha=(1.0, 2.0))\n'
         build_model(load_config(_segnet_config(tmp_path, toy_root, body)))
+
+
+def test_fcn_arch_logits_at_the_input_size_and_bad_strides(tmp_path, toy_root):
+    fcn = 'model.update(arch="fcn_resnet", fcn=dict(arch="resnet18", base_width=4, stem_pool=False))\n'
+
+    def build(extra=""):
+        return build_model(load_config(_segnet_config(tmp_path, toy_root, fcn + extra)))
+
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        assert model(_images(h=33, w=41))["seg_logits"].shape == (2, 5, 33, 41)
+    # stride 32 needs the stem pool: one error naming the section
+    with pytest.raises(ConfigError, match=r"model.fcn.*output_stride must be one of \(4, 8, 16\)"):
+        build("model['fcn']['output_stride'] = 32")
+    # a missing ImageNet file keeps its own error type (a MissingFileError naming the file)
+    with pytest.raises(MissingFileError, match="Weights file not found: .*nope.pth"):
+        build("model['fcn']['weights'] = 'nope.pth'")
 
 
 def test_deeplab_arch_logits_at_the_input_size(tmp_path, toy_root):

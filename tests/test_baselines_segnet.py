@@ -1,4 +1,4 @@
-"""Segmentation networks (U-Net, DeepLabV3-ResNet50) and CE / focal losses."""
+"""Segmentation networks (U-Net, FCN-ResNet, DeepLabV3-ResNet50) and CE / focal losses."""
 
 import math
 
@@ -9,6 +9,7 @@ import torchvision
 
 from weclip.baselines.segnet import (
     DeepLabV3ResNet50,
+    FCNResNet,
     UNet,
     cross_entropy_loss,
     focal_loss,
@@ -82,6 +83,33 @@ def test_unet_shapes(size):
     net = UNet(num_classes=3, width=4, depth=3)
     out = net(torch.randn(2, 3, *size))
     assert out.shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (16, 16), (7, 9)])
+def test_fcn_logits_are_the_upsampled_head_at_the_input_size(size):
+    torch.manual_seed(0)
+    net = FCNResNet(num_classes=3, arch="resnet18", base_width=4, stem_pool=False).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out = net(x)
+        grid = net.head(net.trunk(x)[-1])
+    assert out.shape == (2, 3, *size)
+    # stride 8 without the stem pool = torchvision's padding arithmetic: ceil(ceil(ceil(H / 2) / 2) / 2)
+    assert grid.shape[-2:] == tuple(math.ceil(math.ceil(math.ceil(s / 2) / 2) / 2) for s in size)
+    expected = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+    assert torch.equal(out, expected)
+
+
+def test_fcn_trunk_takes_torchvision_imagenet_weights(tmp_path):
+    resnet = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)
+    net = FCNResNet(num_classes=4, arch="resnet18", weights=str(path))
+    assert torch.equal(net.trunk.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+    # torchvision's FCN layout: dilated layer3 / layer4 at output stride 8
+    assert net.trunk.stage_strides == (4, 8, 8, 8) and net.trunk.layer4[1].conv2.dilation == (4, 4)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        FCNResNet(num_classes=4, arch="resnet18", weights=str(tmp_path / "missing.pth"))
 
 
 def test_deeplab_shapes_and_local_weights(tmp_path):

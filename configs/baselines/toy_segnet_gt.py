@@ -1,4 +1,4 @@
-# The fully supervised upper bound on the toy world: the second stage's U-Net, same schedule, on the ground truth.
+# The fully supervised upper bound on the toy world: the second stage's FCN, same schedule, on the ground truth.
 #   python tools/train.py configs/baselines/toy_segnet_gt.py --device cpu
 _base_ = ["./toy_segnet.py"]
 

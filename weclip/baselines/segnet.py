@@ -7,6 +7,13 @@
   and cropped the skips) and BatchNorm after every 3x3 conv. Widths are ``width * 2**level``.
   Any input size works: the input is zero-padded at the bottom/right to a multiple of
   ``2**depth`` and the output cropped back.
+* :class:`FCNResNet`: the fully convolutional network of Long et al. (CVPR 2015,
+  https://arxiv.org/abs/1411.4038) as torchvision builds ``fcn_resnet50``: a dilated ResNet trunk at
+  output stride 8 and torchvision's ``FCNHead`` (3x3 conv to a quarter of the channels, BN, ReLU,
+  dropout 0.1, 1x1 classifier), logits upsampled bilinearly to the input size. The trunk is this
+  library's :class:`~weclip.baselines.resnet.ResNetTrunk`, so any depth, a narrower width and no stem
+  pool are available for small images (the toy world's second stage, docs/baselines.md); torchvision
+  ImageNet trunk weights load from a LOCAL file.
 * :class:`DeepLabV3ResNet50`: torchvision's DeepLabV3 with a ResNet-50 trunk at output stride 8
   (Chen et al., https://arxiv.org/abs/1706.05587), random or from LOCAL files (never downloaded):
   a full torchvision DeepLabV3 state dict and/or ImageNet ResNet-50 weights for the trunk.
@@ -23,9 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weclip.baselines.resnet import ResNetTrunk
 from weclip.baselines.weights import is_random, load_weights
 
-__all__ = ["UNet", "DeepLabV3ResNet50", "segmentation_loss", "focal_loss", "cross_entropy_loss"]
+__all__ = [
+    "UNet",
+    "FCNResNet",
+    "DeepLabV3ResNet50",
+    "segmentation_loss",
+    "focal_loss",
+    "cross_entropy_loss",
+]
 
 
 class _DoubleConv(nn.Sequential):
@@ -94,6 +109,46 @@ class UNet(nn.Module):
         for up, decoder in zip(self.ups, self.decoders):
             x = decoder(torch.cat([skips.pop(), up(x)], dim=1))
         return self.head(x)[:, :, :height, :width]
+
+
+class FCNResNet(nn.Module):
+    """FCN on a ResNet trunk (see the module docstring): normalised images -> logits at the input size.
+
+    Args:
+        num_classes (int): output channels C.
+        arch (str): "resnet18", "resnet34", "resnet50" or "resnet101". Default: "resnet50".
+        output_stride (int): stride of the trunk's last map (8 as torchvision's FCN; 4 more choices
+            without the stem pool, see ``ResNetTrunk``). Default: 8.
+        base_width (int): width of ``conv1`` / ``layer1`` (64 = torchvision). Default: 64.
+        weights (str): "random" or a local torchvision ImageNet state dict for the trunk.
+        stem_pool (bool): keep the stem max-pool. Default: True.
+
+    Shapes:
+        images (B, 3, H, W) -> logits (B, C, H, W).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        arch: str = "resnet50",
+        output_stride: int = 8,
+        base_width: int = 64,
+        weights: Optional[str] = "random",
+        stem_pool: bool = True,
+    ) -> None:
+        super().__init__()
+        from torchvision.models.segmentation.fcn import FCNHead
+
+        if num_classes < 1:
+            raise ValueError(f"FCNResNet needs num_classes >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.trunk = ResNetTrunk(arch, output_stride, True, base_width, weights, stem_pool)
+        self.head = FCNHead(self.trunk.out_channels, self.num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, H, W) for normalised images (B, 3, H, W)."""
+        logits = self.head(self.trunk(images)[-1])
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class DeepLabV3ResNet50(nn.Module):

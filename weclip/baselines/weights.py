@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import nn
 
+from weclip.errors import CheckpointError, MissingFileError
+
 __all__ = ["read_state_dict", "load_weights", "is_random"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "module")
@@ -41,11 +43,11 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         Dict[str, torch.Tensor]: name -> tensor, on the CPU.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (nothing is downloaded).
-        ValueError: the file cannot be read or holds no tensor dict.
+        MissingFileError: ``path`` does not exist (nothing is downloaded); a FileNotFoundError.
+        CheckpointError: the file cannot be read or holds no tensor dict; a ValueError.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Weights file not found: {path} (weights are read from a local file only; use "
             f"'random' for a random initialisation)"
         )
@@ -57,7 +59,9 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled objects weights_only refuses, ...
-        raise ValueError(f"Cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"Cannot read weights file {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     for _ in range(3):  # unwrap at most a few nested wrappers
         if isinstance(obj, Mapping):
             wrapped = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
@@ -66,11 +70,11 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
                 continue
         break
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"Weights file {path} does not hold a state dict (name -> tensor)")
+        raise CheckpointError(f"Weights file {path} does not hold a state dict (name -> tensor)")
     state: Dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(
+            raise CheckpointError(
                 f"Weights file {path}: entry {key!r} is a {type(value).__name__}, not a tensor"
             )
         state[key[len("module.") :] if key.startswith("module.") else key] = value
@@ -103,8 +107,8 @@ def load_weights(
             removed (e.g. ``"backbone."`` to take a DeepLabV3 file's trunk).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable file, or keys/shapes that do not match ``module`` (the file, what
+        MissingFileError: no such file.
+        CheckpointError: unreadable file, or keys/shapes that do not match ``module`` (the file, what
             was expected and the first differences are named).
     """
     state = read_state_dict(path)
@@ -128,7 +132,7 @@ def load_weights(
     if shapes:
         problems.append(f"{len(shapes)} shape mismatches ({_first(shapes)})")
     if problems:
-        raise ValueError(
+        raise CheckpointError(
             f"Weights file {path} does not match the network (expected {what}): "
             + "; ".join(problems)
         )

@@ -51,7 +51,7 @@ from weclip.baselines.maps import (
     pair_maps,
     score_logits,
 )
-from weclip.errors import CheckpointError, ConfigError
+from weclip.errors import CheckpointError, ConfigError, UserInputError
 from weclip.models.affinity_config import AffinityLossConfig, AffinityModelConfig
 from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
@@ -411,6 +411,8 @@ def build_affinitynet(cfg: Mapping[str, Any]) -> AffinityNetModel:
             r["arch"], weights, 8, r["base_width"], head["mid_channels"], head["out_channels"],
             r["stem_pool"],
         )  # fmt: skip
+    except UserInputError:  # the weights file's own error names it
+        raise
     except ValueError as err:
         raise ConfigError(f"config section 'model.resnet': {err}") from None
     if r["weights"] == "cam":

@@ -50,7 +50,7 @@ from weclip.baselines.maps import (
     score_logits,
 )
 from weclip.baselines.region_growing import region_growing, region_scores
-from weclip.errors import ConfigError
+from weclip.errors import ConfigError, UserInputError
 from weclip.models.cam_classifier_config import CAMClassifierLossConfig, CAMClassifierModelConfig
 from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
@@ -379,6 +379,8 @@ def build_cam_network(model_cfg: Mapping[str, Any], num_foreground: int) -> nn.M
             r["head_bias"],
             r["stem_pool"],
         )
+    except UserInputError:  # the weights file's own error names it
+        raise
     except ValueError as err:
         raise ConfigError(f"config section 'model.resnet': {err}") from None
 

@@ -7,8 +7,9 @@ upper bound (``"FullySupervisedSegNet"``). Both read their targets from the trai
 ``data.train_mask_dir`` (augmented with the image; the trainer passes them as ``targets``); the two
 type names only keep the two kinds of rows apart in ``tools/report.py`` (one row per model type).
 
-Networks (``weclip/baselines/segnet.py``): U-Net (Ronneberger et al., MICCAI 2015,
-https://arxiv.org/abs/1505.04597) or torchvision's DeepLabV3-ResNet50 (Chen et al.,
+Networks (``weclip/baselines/segnet.py``, ``model.arch``): U-Net (Ronneberger et al., MICCAI 2015,
+https://arxiv.org/abs/1505.04597), an FCN on a ResNet trunk (Long et al., CVPR 2015,
+https://arxiv.org/abs/1411.4038) or torchvision's DeepLabV3-ResNet50 (Chen et al.,
 https://arxiv.org/abs/1706.05587); loss: pixel CE or the focal loss (Lin et al., ICCV 2017,
 https://arxiv.org/abs/1708.02002), ``loss.kind``.
 """
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from weclip.baselines.maps import pair_maps
-from weclip.baselines.segnet import DeepLabV3ResNet50, UNet, segmentation_loss
-from weclip.errors import ConfigError
+from weclip.baselines.segnet import DeepLabV3ResNet50, FCNResNet, UNet, segmentation_loss
+from weclip.errors import ConfigError, UserInputError
 from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 from weclip.models.segnet_config import SEGNET_TYPES, SegNetLossConfig, SegNetModelConfig
@@ -38,7 +39,7 @@ class SegNetModel(nn.Module):
     """A segmentation network behind the model interface.
 
     Args:
-        net (nn.Module): ``UNet`` or ``DeepLabV3ResNet50`` (normalised images -> (B, C, H, W) logits).
+        net (nn.Module): ``UNet``, ``FCNResNet`` or ``DeepLabV3ResNet50`` (normalised images -> (B, C, H, W) logits).
         loss_cfg (Mapping): the validated ``loss`` section.
         pixel_mean (Sequence[float]): (3,) on 0-255 RGB.
         pixel_std (Sequence[float]): (3,).
@@ -68,7 +69,7 @@ class SegNetModel(nn.Module):
 
     @property
     def patch_size(self) -> int:
-        """1: both networks take any size and return logits at the input size."""
+        """1: the networks take any size and return logits at the input size."""
         return 1
 
     def trainable_module(self) -> nn.Module:
@@ -186,6 +187,17 @@ def build_segnet(cfg: Mapping[str, Any]) -> SegNetModel:
         net: nn.Module = UNet(
             num_classes, 3, model_cfg["unet"]["width"], model_cfg["unet"]["depth"]
         )
+    elif model_cfg["arch"] == "fcn_resnet":
+        f = model_cfg["fcn"]
+        try:
+            net = FCNResNet(
+                num_classes, f["arch"], f["output_stride"], f["base_width"], f["weights"],
+                f["stem_pool"],
+            )  # fmt: skip
+        except UserInputError:  # the weights file's own error names it
+            raise
+        except ValueError as err:
+            raise ConfigError(f"config section 'model.fcn': {err}") from None
     else:
         d = model_cfg["deeplab"]
         net = DeepLabV3ResNet50(num_classes, d["weights"], d["backbone_weights"], d["load_head"])

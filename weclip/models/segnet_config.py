@@ -10,7 +10,14 @@ from typing import Literal, Optional, Tuple
 from weclip.baselines.resnet import IMAGENET_MEAN, IMAGENET_STD
 from weclip.schema import key, section
 
-__all__ = ["UNetConfig", "DeepLabConfig", "SegNetModelConfig", "SegNetLossConfig", "SEGNET_TYPES"]
+__all__ = [
+    "UNetConfig",
+    "FCNConfig",
+    "DeepLabConfig",
+    "SegNetModelConfig",
+    "SegNetLossConfig",
+    "SEGNET_TYPES",
+]
 
 #: the registered types: the same network, named by its training targets so that reports keep the rows
 #: of the weakly supervised second stage and of the fully supervised upper bound apart
@@ -23,6 +30,17 @@ class UNetConfig:
 
     width: int = key(32, ge=1, doc="channels of the first level (64 in the paper)")
     depth: int = key(4, ge=1, doc="number of 2x poolings (4 in the paper)")
+
+
+@section
+class FCNConfig:
+    """``model.fcn`` (``weclip.baselines.segnet.FCNResNet``: a ResNet trunk + torchvision's FCNHead)."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = key("resnet50")
+    weights: str = key("random", doc="'random' or a local torchvision ImageNet file for the trunk")
+    base_width: int = key(64, ge=1, doc="64 = torchvision (ImageNet weights need it)")
+    stem_pool: bool = key(True, doc="False: every stage at half the stride (small images)")
+    output_stride: int = key(8, doc="8 (torchvision's FCN); 4, 8 or 16 without the stem pool")
 
 
 @section
@@ -40,8 +58,9 @@ class SegNetModelConfig:
     ground truth); both read their targets from ``data.train_mask_dir``."""
 
     type: Literal["SegNet", "FullySupervisedSegNet"] = key()
-    arch: Literal["unet", "deeplabv3_resnet50"] = key("unet")
+    arch: Literal["unet", "fcn_resnet", "deeplabv3_resnet50"] = key("unet")
     unet: UNetConfig = key(UNetConfig())
+    fcn: FCNConfig = key(FCNConfig())
     deeplab: DeepLabConfig = key(DeepLabConfig())
     pixel_mean: Tuple[float, float, float] = key(IMAGENET_MEAN, doc="on 0-255 RGB")
     pixel_std: Tuple[float, float, float] = key(IMAGENET_STD, gt=0)
