@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from weclip.parity.fixtures import load_npz, save_npz
-from weclip.parity.official import _isolated_import, _StubModule, find_official_root
+from weclip.parity.official import find_official_root
+from weclip.parity.official_base import _isolated_import, _StubModule
 from weclip.parity.random_clip import (
     QK4_CONTENT_SHA256_PREFIX,
     content_sha256,
@@ -111,7 +112,7 @@ def test_isolated_import_restores_sys_modules(tmp_path):
     (tmp_path / "utils" / "__init__.py").write_text("import not_installed_anywhere\nVALUE = 42\n")
     previous = sys.modules.get("utils")
     stubs = {"not_installed_anywhere": _StubModule("not_installed_anywhere")}
-    with _isolated_import(str(tmp_path), stubs):
+    with _isolated_import(str(tmp_path), stubs, ("utils",)):
         import utils  # noqa: F401  (their package name)
 
         module = sys.modules["utils"]

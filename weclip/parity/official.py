@@ -8,7 +8,9 @@ script (``scripts/dist_clip_voc.py``) does, and exposes what the parity recorder
 validation-mode forward at the original image size, their ``validate()``, their multi-scale + flip
 inference (``test_msc_flip_voc.py``) and their evaluation (``utils/evaluate.py``).
 
-Runtime patches (scoped: active only while their code runs, listed in :attr:`OfficialWeCLIP.patches`):
+The machinery is :mod:`weclip.parity.official_base`'s (shared with the WeCLIP+ harness,
+:mod:`weclip.parity.official_plus`). Runtime patches (scoped: active only while their code runs,
+listed in :attr:`OfficialWeCLIP.patches`):
 
 - on CPU, ``torch.Tensor.cuda`` and ``torch.nn.Module.cuda`` return ``self`` (their code calls
   ``.cuda()`` unconditionally);
@@ -35,15 +37,11 @@ they cannot shadow anything else in the process.
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import io
 import os
 import shutil
-import sys
 import tempfile
-import types
 import warnings
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +50,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from weclip.errors import MissingFileError
+from weclip.parity.official_base import (
+    _NUM_FG,
+    OfficialHarness,
+    _check_inputs,
+    _keep_mask,
+    _load_script,
+    _present_classes,
+    _stub_notes,
+    _stub_plan,
+    _tap_fusion_head,
+    _Trace,
+    _training_settings,
+    official_code_sha256,
+)
 
 __all__ = ["OFFICIAL_COMMIT", "OfficialWeCLIP", "find_official_root", "official_code_sha256"]
 
@@ -63,7 +75,6 @@ _THEIR_PACKAGES = ("clip", "utils", "datasets", "WeCLIP_model", "pytorch_grad_ca
 # Their training-script settings (configs/voc_attn_reg.yaml, scripts/dist_clip_voc.py)
 _RFM_COUNTER = 15000  # model_attn_aff_voc.py: RFM when the forward counter exceeds it
 _DECODER_PREFIXES = ("decoder_fts_fuse.", "decoder.")
-_NUM_FG = 20  # VOC: the model file hard-codes the 20 VOC prompts
 
 
 def find_official_root(path: str) -> str:
@@ -79,376 +90,6 @@ def find_official_root(path: str) -> str:
         f"{path}: not a clone of zbf1991/WeCLIP (expected WeCLIP/WeCLIP_model/model_attn_aff_voc.py "
         "inside it, or WeCLIP_model/model_attn_aff_voc.py if you pass the WeCLIP/ folder)"
     )
-
-
-def official_code_sha256(root: str) -> str:
-    """sha256 over the relative paths and bytes of every ``.py`` file under the authors' folder,
-    in sorted order (identifies the code a fixture was recorded from, with or without ``.git``)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    files = []
-    for directory, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [os.path.join(directory, n) for n in names if n.endswith(".py")]
-    for path in sorted(files):
-        digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode())
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
-# Import machinery: stubs for unused, missing modules; isolation of the authors' package names
-# --------------------------------------------------------------------------------------------------
-class _Unavailable:
-    """Stands for an attribute of a stubbed module; fails loudly if the code path ever uses it."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(
-            f"{self._what} is not installed; weclip.parity.official stubbed it because the authors' "
-            "code imports it on a path the harness does not run. Install it to use this path."
-        )
-
-    def __getattr__(self, name: str) -> "_Unavailable":
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Unavailable(f"{self._what}.{name}")
-
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Unavailable(f"{self.__name__}.{name}")
-
-
-def _importable(name: str) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            importlib.import_module(name)
-        return True
-    except Exception:
-        return False
-
-
-def _stub_plan() -> Dict[str, types.ModuleType]:
-    """Stub modules for what is missing here (module name -> stub)."""
-    plan: Dict[str, types.ModuleType] = {}
-    groups = (
-        ("mmcv", "mmcv.cnn"),
-        ("lxml", "lxml.etree"),
-        ("sklearn", "sklearn.metrics"),
-        ("ttach",),
-        ("imageio", "imageio.v2"),
-        ("joblib",),
-        ("omegaconf",),
-        ("matplotlib", "matplotlib.pyplot"),
-    )
-    for names in groups:
-        if not all(_importable(n) for n in names):
-            for n in names:
-                plan[n] = _StubModule(n)
-    if not _importable("numpy.lib.utils"):
-        plan["numpy.lib.utils"] = _StubModule("numpy.lib.utils")
-    if not _importable("pkg_resources"):
-        import packaging.version
-
-        stub = _StubModule("pkg_resources")
-        stub.packaging = packaging  # what clip/clip.py uses: packaging.version.parse
-        plan["pkg_resources"] = stub
-    if not _importable("torch.utils.tensorboard"):
-        plan["torch.utils.tensorboard"] = _StubModule("torch.utils.tensorboard")
-    return plan
-
-
-def _is_theirs(name: str, packages: Sequence[str] = _THEIR_PACKAGES) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in packages)
-
-
-@contextlib.contextmanager
-def _isolated_import(
-    root: str, stubs: Mapping[str, types.ModuleType], packages: Sequence[str] = _THEIR_PACKAGES
-) -> Iterator[None]:
-    """Import the authors' modules from ``root`` without leaving their names in ``sys.modules``
-    (``packages``: their top-level package names)."""
-    shadowed = {n: m for n, m in sys.modules.items() if _is_theirs(n, packages)}
-    for name in shadowed:
-        del sys.modules[name]
-    saved_path = list(sys.path)
-    saved_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
-    previous_stubs = {n: sys.modules.get(n) for n in stubs}
-    sys.modules.update(stubs)
-    sys.path.insert(0, root)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved_path
-        if saved_cuda is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved_cuda
-        for name in [n for n in sys.modules if _is_theirs(n, packages)]:
-            del sys.modules[name]
-        sys.modules.update(shadowed)
-        for name, module in previous_stubs.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-def _load_script(path: str, name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# --------------------------------------------------------------------------------------------------
-# Runtime patches
-# --------------------------------------------------------------------------------------------------
-def _identity(self: Any, *args: Any, **kwargs: Any) -> Any:
-    return self
-
-
-@contextlib.contextmanager
-def _runtime_patches(no_cuda: bool, no_half: bool) -> Iterator[None]:
-    """``.cuda()`` -> self (CPU), ``Tensor.half()`` -> self (fp32), restored on exit."""
-    saved = []
-    if no_cuda:
-        saved += [(torch.Tensor, "cuda"), (torch.nn.Module, "cuda")]
-    if no_half:
-        saved += [(torch.Tensor, "half")]
-    originals = [(owner, attr, getattr(owner, attr)) for owner, attr in saved]
-    for owner, attr, _ in originals:
-        setattr(owner, attr, _identity)
-    try:
-        with warnings.catch_warnings():
-            # clip/model.py calls the deprecated F.upsample on every forward
-            warnings.filterwarnings("ignore", message=r".*nn\.functional\.upsample.*deprecated")
-            yield
-    finally:
-        for owner, attr, original in originals:
-            setattr(owner, attr, original)
-
-
-# --------------------------------------------------------------------------------------------------
-# Tracing of intermediate values inside their forward
-# --------------------------------------------------------------------------------------------------
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy().copy()
-    return np.array(x, copy=True)
-
-
-class _Trace:
-    """Collects what their forward computes, per image, through wrappers of their functions.
-
-    ``images``: one dict per image of the batch (in order), with the keys documented in
-    :meth:`OfficialWeCLIP.train_step`.
-    """
-
-    def __init__(self) -> None:
-        self.images: List[Dict[str, Any]] = []
-        self.clip_block_out: Optional[np.ndarray] = None  # (11, B, L, D), their (L, B, D) layout
-        self.clip_attn: Optional[np.ndarray] = None  # (11, B, L, L)
-
-    @property
-    def current(self) -> Dict[str, Any]:
-        return self.images[-1]
-
-
-class _GradCAMTap:
-    """Wraps their ``GradCAM`` object: records each call's CAM, probabilities, last attention,
-    activation and gradient."""
-
-    def __init__(self, cam: Any, trace: _Trace) -> None:
-        self._cam = cam
-        self._trace = trace
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cam, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        grayscale, probs, attn_last = self._cam(*args, **kwargs)
-        record = self._trace.current
-        record.setdefault("gradcam_cams", []).append(np.array(grayscale[0], copy=True))
-        record.setdefault("gradcam_probs", []).append(_np(probs[0]))
-        record.setdefault("attn_last", []).append(_np(attn_last[0]))
-        acts = self._cam.activations_and_grads.activations
-        grads = self._cam.activations_and_grads.gradients
-        record.setdefault("gradcam_acts", []).append(_np(acts[0][0]))
-        record.setdefault("gradcam_grads", []).append(_np(grads[0][0]))
-        return grayscale, probs, attn_last
-
-
-@contextlib.contextmanager
-def _trace_forward(
-    model_mod: types.ModuleType,
-    clip_tool: types.ModuleType,
-    model: torch.nn.Module,
-    trace: Optional[_Trace],
-) -> Iterator[None]:
-    """Wrap their per-image functions so that ``trace`` receives the intermediate values.
-
-    ``model_mod``: their model module (it imported ``generate_clip_fts``, ``perform_single_voc_cam``,
-    ``generate_cam_label`` and defines ``_refine_cams``); ``clip_tool``: their ``clip.clip_tool``;
-    ``model``: their model (``grad_cam``, ``par``). WeCLIP's and WeCLIP+'s VOC models share these
-    names, so both harnesses use this.
-    """
-    if trace is None:
-        yield
-        return
-    originals = {
-        (model_mod, "generate_clip_fts"): model_mod.generate_clip_fts,
-        (model_mod, "perform_single_voc_cam"): model_mod.perform_single_voc_cam,
-        (model_mod, "generate_cam_label"): model_mod.generate_cam_label,
-        (model_mod, "_refine_cams"): model_mod._refine_cams,
-        (clip_tool, "scoremap2bbox"): clip_tool.scoremap2bbox,
-        (clip_tool, "compute_trans_mat"): clip_tool.compute_trans_mat,
-    }
-    target_code = originals[(model_mod, "perform_single_voc_cam")].__code__
-
-    def clip_fts(*args: Any, **kwargs: Any) -> Any:
-        fts, attns = originals[(model_mod, "generate_clip_fts")](*args, **kwargs)
-        trace.clip_block_out = np.stack([_np(f) for f in fts])
-        trace.clip_attn = np.stack([_np(a) for a in attns])
-        return fts, attns
-
-    def single_cam(*args: Any, **kwargs: Any) -> Any:
-        trace.images.append({})
-        captured: Dict[str, Any] = {}
-
-        def profiler(frame: Any, event: str, arg: Any) -> None:
-            # their layer choice is a local of perform_single_voc_cam: read it on return
-            if event == "return" and frame.f_code is target_code:
-                for key in ("attn_diff", "diff_th", "attn_mask", "label_id_list"):
-                    if key in frame.f_locals:
-                        captured[key] = frame.f_locals[key]
-
-        previous = sys.getprofile()
-        sys.setprofile(profiler)
-        try:
-            out = originals[(model_mod, "perform_single_voc_cam")](*args, **kwargs)
-        finally:
-            sys.setprofile(previous)
-        record = trace.current
-        record["label_ids"] = np.asarray(captured["label_id_list"], dtype=np.int64)
-        if "attn_diff" in captured:
-            record["rfm_diff"] = _np(captured["attn_diff"])
-            record["rfm_diff_mean"] = _np(captured["diff_th"])
-            record["rfm_keep"] = _np(captured["attn_mask"][:, 0, 0]) > 0
-        return out
-
-    def cam_label(cam_refined_list: Any, keys: Any, w: int, h: int) -> Any:
-        trace.current["cams_refined_lowres"] = np.stack([_np(c) for c in cam_refined_list])
-        out = originals[(model_mod, "generate_cam_label")](cam_refined_list, keys, w, h)
-        trace.current["cams_refined"] = _np(out["refined_cam"])
-        trace.current["keys"] = np.asarray(out["keys"], dtype=np.int64)
-        return out
-
-    def refine_cams(ref_mod: Any, images: Any, cams: Any, valid_key: Any) -> Any:
-        trace.current["par_in"] = _np(cams)
-        trace.current["par_keys"] = _np(valid_key).astype(np.int64)
-        return originals[(model_mod, "_refine_cams")](ref_mod, images, cams, valid_key)
-
-    def boxes(*args: Any, **kwargs: Any) -> Any:
-        box, count = originals[(clip_tool, "scoremap2bbox")](*args, **kwargs)
-        trace.current.setdefault("boxes", []).append(np.asarray(box, dtype=np.int64)[:count])
-        return box, count
-
-    def trans_mat(attn_weight: Any) -> Any:
-        out = originals[(clip_tool, "compute_trans_mat")](attn_weight)
-        trace.current["affinity"] = _np(attn_weight)
-        trace.current["trans_mat"] = _np(out)
-        return out
-
-    replacements = {
-        (model_mod, "generate_clip_fts"): clip_fts,
-        (model_mod, "perform_single_voc_cam"): single_cam,
-        (model_mod, "generate_cam_label"): cam_label,
-        (model_mod, "_refine_cams"): refine_cams,
-        (clip_tool, "scoremap2bbox"): boxes,
-        (clip_tool, "compute_trans_mat"): trans_mat,
-    }
-    grad_cam = model.grad_cam
-    model.grad_cam = _GradCAMTap(grad_cam, trace)
-
-    def par_hook(module: Any, inputs: Any, output: Any) -> None:
-        trace.current["par_out"] = _np(output[0])
-
-    handle = model.par.register_forward_hook(par_hook)
-    for (owner, attr), fn in replacements.items():
-        setattr(owner, attr, fn)
-    try:
-        yield
-    finally:
-        for (owner, attr), fn in originals.items():
-            setattr(owner, attr, fn)
-        model.grad_cam = grad_cam
-        handle.remove()
-
-
-def _trained_shapes(
-    model: torch.nn.Module, prefixes: Tuple[str, ...]
-) -> "OrderedDict[str, Tuple[int, ...]]":
-    """Names and shapes of their model's parameters under ``prefixes`` (the trained parts)."""
-    return OrderedDict(
-        (n, tuple(p.shape)) for n, p in model.named_parameters() if n.startswith(prefixes)
-    )
-
-
-def _trained_state(
-    model: torch.nn.Module, prefixes: Tuple[str, ...]
-) -> "OrderedDict[str, torch.Tensor]":
-    """A CPU copy of their model's parameters under ``prefixes``, under their names."""
-    return OrderedDict(
-        (n, p.detach().cpu().clone()) for n, p in model.named_parameters() if n.startswith(prefixes)
-    )
-
-
-def _load_trained_state(
-    model: torch.nn.Module, prefixes: Tuple[str, ...], state: Mapping[str, torch.Tensor]
-) -> None:
-    """Copy ``state`` (their names, every parameter under ``prefixes``) into their model.
-
-    Raises:
-        KeyError: a missing or unexpected name (listed).
-        ValueError: a shape mismatch (named).
-    """
-    params = {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise KeyError(f"decoder state: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    with torch.no_grad():
-        for name, param in params.items():
-            value = torch.as_tensor(state[name])
-            if tuple(value.shape) != tuple(param.shape):
-                raise ValueError(
-                    f"decoder state '{name}': shape {tuple(value.shape)}, model {tuple(param.shape)}"
-                )
-            param.copy_(value.to(param.dtype))
-
-
-def _normalize_images(transforms: types.ModuleType, images: torch.Tensor) -> torch.Tensor:
-    """Their ``datasets.transforms.normalize_img`` (module ``transforms``) on (B, 3, H, W) or
-    (3, H, W) uint8 RGB -> float32 of the same shape."""
-    single = images.dim() == 3
-    batch = images[None] if single else images
-    if batch.dtype != torch.uint8:
-        raise ValueError(f"normalize expects uint8 images, got {batch.dtype}")
-    hwc = batch.permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([transforms.normalize_img(x) for x in hwc]).transpose(0, 3, 1, 2)
-    out = torch.from_numpy(np.ascontiguousarray(out))
-    return out[0] if single else out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,7 +109,7 @@ class _ImageList(torch.utils.data.Dataset):
         return self.items[index]
 
 
-class OfficialWeCLIP:
+class OfficialWeCLIP(OfficialHarness):
     """The authors' VOC WeCLIP model, optimizer and procedures, run from their clone.
 
     Args:
@@ -518,67 +159,48 @@ class OfficialWeCLIP:
             raise ValueError(
                 f"num_classes={num_classes}: only the authors' VOC model (21 classes) is wrapped"
             )
-        if not os.path.isfile(clip_weights):
-            raise FileNotFoundError(f"CLIP weights not found: {clip_weights}")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.root = find_official_root(repo_path)
-        self.device = torch.device(device)
-        self.num_classes = num_classes
-        self.crop_size = int(crop_size)
-        self._no_cuda = device == "cpu"
-        self._no_half = bool(fp32)
-        self._tmp = tempfile.TemporaryDirectory(prefix="weclip_official_")
-        self._data_root = self._tmp.name
-        os.makedirs(os.path.join(self._data_root, "SegmentationClassAug"))
-        self._names = 0
-        self.settings = dict(
+        _check_inputs([("CLIP weights", clip_weights)], device)
+        settings = dict(
             seed=int(seed),
             device=device,
             fp32=bool(fp32),
-            crop_size=int(crop_size),
-            radius=int(radius),
-            learning_rate=float(learning_rate),
-            weight_decay=float(weight_decay),
-            betas=[float(b) for b in betas],
-            warmup_iter=int(warmup_iter),
-            max_iters=int(max_iters),
-            warmup_ratio=float(warmup_ratio),
-            power=float(power),
+            **_training_settings(
+                crop_size,
+                radius,
+                learning_rate,
+                weight_decay,
+                betas,
+                warmup_iter,
+                max_iters,
+                warmup_ratio,
+                power,
+            ),
             optimizer_start_step=int(optimizer_start_step),
+        )
+        super().__init__(
+            find_official_root(repo_path),
+            settings,
+            num_classes=num_classes,
+            trained_prefixes=_DECODER_PREFIXES,
+            labels_dir="SegmentationClassAug",
+            tmp_prefix="weclip_official_",
         )
 
         stubs = _stub_plan()
-        self.patches: List[str] = []
-        if self._no_cuda:
-            self.patches.append("torch.Tensor.cuda / torch.nn.Module.cuda -> return self (CPU)")
-        if self._no_half:
-            self.patches.append(
-                "torch.Tensor.half -> return self (fp32: removes the fp16 casts of clip/model.py "
-                "upsample_pos_emb and convert_weights and of the clip/myAtt.py out-projection)"
-            )
-        self.patches += [f"stub module {n} (not installed, unused on this path)" for n in stubs]
+        self.patches: List[str] = self._runtime_patch_notes() + _stub_notes(list(stubs))
         self.patches.append(
             "GT masks: SegmentationClassAug/<name>.png written by the harness (image-level labels "
             "for training steps, the given mask for validation/inference)"
         )
 
-        with _isolated_import(self.root, stubs), self._patched():
-            self._model_mod = importlib.import_module("WeCLIP_model.model_attn_aff_voc")
-            self._clip_tool = importlib.import_module("clip.clip_tool")
-            self._optim_mod = importlib.import_module("utils.optimizer")
+        with self._their_code(stubs, _THEIR_PACKAGES):
+            self._import_common("WeCLIP_model.model_attn_aff_voc", "weclip_official_train")
             self._evaluate = importlib.import_module("utils.evaluate")
-            self._transforms = importlib.import_module("datasets.transforms")
-            self._train_script = _load_script(
-                os.path.join(self.root, "scripts", "dist_clip_voc.py"), "weclip_official_train"
-            )
             self._test_script = _load_script(
                 os.path.join(self.root, "test_msc_flip_voc.py"), "weclip_official_test"
             )
-            self._train_script.setup_seed(int(seed))
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.load / F.upsample deprecation notes
-                self.model = self._model_mod.WeCLIP(
+            self._build_model(
+                lambda: self._model_mod.WeCLIP(
                     num_classes=num_classes,
                     clip_model=clip_weights,
                     embedding_dim=256,
@@ -586,82 +208,18 @@ class OfficialWeCLIP:
                     dataset_root_path=self._data_root,
                     device=device,
                 )
-            self.model.to(self.device)
-        if decoder_state is not None:
-            self.load_decoder_state(decoder_state)
-
-        groups = self.model.get_param_groups()
-        lr, wd = float(learning_rate), float(weight_decay)
+            )
         # the four groups of their train(): only the last one holds parameters (the decoder)
-        self.optimizer = self._optim_mod.PolyWarmupAdamW(
-            params=[
-                {"params": groups[0], "lr": lr, "weight_decay": wd},
-                {"params": groups[1], "lr": 0.0, "weight_decay": 0.0},
-                {"params": groups[2], "lr": lr * 10, "weight_decay": wd},
-                {"params": groups[3], "lr": lr * 10, "weight_decay": wd},
-            ],
-            lr=lr,
-            weight_decay=wd,
-            betas=tuple(float(b) for b in betas),
-            warmup_iter=int(warmup_iter),
-            max_iter=int(max_iters),
-            warmup_ratio=float(warmup_ratio),
-            power=float(power),
-        )
+        self._setup_training(decoder_state)
         self.optimizer.global_step = int(optimizer_start_step)
-        grid = self.crop_size // 16
-        self._aff_window = self._train_script.get_mask_by_radius(h=grid, w=grid, radius=int(radius))
 
     # ---------------------------------------------------------------------------------------------
     # basics
     # ---------------------------------------------------------------------------------------------
-    def _patched(self) -> contextlib.AbstractContextManager:
-        return _runtime_patches(self._no_cuda, self._no_half)
-
-    def close(self) -> None:
-        """Delete the temporary dataset root (also done at garbage collection)."""
-        self._tmp.cleanup()
-
     @property
     def iteration(self) -> int:
         """Their forward counter (``WeCLIP.iter_num``): the RFM runs when it exceeds 15000."""
         return int(self.model.iter_num)
-
-    def decoder_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
-        """Names (theirs) and shapes of the trained parameters (fusion head + decoder)."""
-        return _trained_shapes(self.model, _DECODER_PREFIXES)
-
-    def decoder_state(self) -> "OrderedDict[str, torch.Tensor]":
-        """A CPU copy of the trained parameters under their names."""
-        return _trained_state(self.model, _DECODER_PREFIXES)
-
-    def load_decoder_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Copy decoder weights (their names, every one of them) into their model.
-
-        Raises:
-            KeyError: a missing or unexpected name (listed).
-            ValueError: a shape mismatch (named).
-        """
-        _load_trained_state(self.model, _DECODER_PREFIXES, state)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Their ``datasets.transforms.normalize_img`` on (B, 3, H, W) or (3, H, W) uint8 RGB.
-
-        Returns:
-            torch.Tensor: float32 of the same shape (ImageNet mean/std on 0-255 values).
-        """
-        return _normalize_images(self._transforms, images)
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 -> their normalisation; float -> taken as already normalised."""
-        if images.dtype == torch.uint8:
-            images = self.normalize(images)
-        return images.float().to(self.device)
-
-    def _new_names(self, count: int) -> List[str]:
-        names = [f"img{self._names + i:06d}" for i in range(count)]
-        self._names += count
-        return names
 
     def _write_mask(self, name: str, mask: np.ndarray) -> None:
         path = os.path.join(self._data_root, "SegmentationClassAug", name + ".png")
@@ -671,45 +229,20 @@ class OfficialWeCLIP:
         """Masks holding exactly the classes of ``cls_labels`` (their code reads the classes
         present from the mask: ``np.unique(mask) - 1`` on uint8, background and 255 wrap to
         255 and 254 and are dropped)."""
-        labels = torch.as_tensor(cls_labels)
-        if labels.dim() != 2 or labels.shape[1] != _NUM_FG:
-            raise ValueError(f"cls_labels must be (B, {_NUM_FG}), got {tuple(labels.shape)}")
-        for name, row in zip(names, labels):
-            present = torch.nonzero(row > 0).flatten().tolist()
+        for name, present in zip(names, _present_classes(cls_labels)):
             self._write_mask(name, np.array([[0] + [c + 1 for c in present]], dtype=np.uint8))
 
     # ---------------------------------------------------------------------------------------------
     # tracing
     # ---------------------------------------------------------------------------------------------
-    def _tracing(self, trace: Optional[_Trace]) -> contextlib.AbstractContextManager:
-        """Wrap their per-image functions so that ``trace`` receives the intermediate values."""
-        return _trace_forward(self._model_mod, self._clip_tool, self.model, trace)
-
     @contextlib.contextmanager
     def _decoder_taps(
         self, keep: Optional[torch.Tensor], out: Dict[str, torch.Tensor]
     ) -> Iterator[None]:
         """Record the fusion output before/after Dropout2d and the kept channels; with ``keep``
         (B, 256) bool, apply that mask instead of the drawn one (``x * keep / (1 - p)``)."""
-        fuse = self.model.decoder_fts_fuse
-
-        def pre_hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            out["fuse_pre_dropout"] = output.detach().cpu().clone()
-
-        def drop_hook(module: Any, inputs: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
-            x = inputs[0]
-            if keep is not None and module.training:
-                scale = keep.to(x.device).float() / (1.0 - module.p)
-                output = x * scale[:, :, None, None]
-            out["fused"] = output.detach().cpu().clone()
-            if module.training:
-                out["dropout_keep"] = output.detach().flatten(2).ne(0).any(dim=2).cpu()
-            return output
-
-        handles = [
-            fuse.linear_fuse.register_forward_hook(pre_hook),
-            fuse.dropout.register_forward_hook(drop_hook),
-        ]
+        keys = ("fuse_pre_dropout", "fused", "dropout_keep")
+        handles = _tap_fusion_head(self.model.decoder_fts_fuse, keep, out, keys)
         try:
             yield
         finally:
@@ -765,13 +298,8 @@ class OfficialWeCLIP:
             ``cams_refined_lowres`` (K, h, w), ``cams_refined`` (K, S, S), ``keys``, ``par_in``,
             ``par_out`` (K+1, S, S), ``par_keys``.
         """
-        inputs = self._inputs(images)
-        b, _, h, w = inputs.shape
-        if (h, w) != (self.crop_size, self.crop_size):
-            raise ValueError(
-                f"training images must be {self.crop_size}x{self.crop_size} (their affinity window "
-                f"is built for crop_size // 16), got {h}x{w}"
-            )
+        inputs = self._training_inputs(images)
+        b = inputs.shape[0]
         names = self._new_names(b)
         self._write_label_masks(names, cls_labels)
         if iteration is not None:
@@ -779,11 +307,7 @@ class OfficialWeCLIP:
                 raise ValueError(f"iteration is 1-indexed, got {iteration}")
             self.model.iter_num = int(iteration) - 1
         if dropout_keep is not None:
-            dropout_keep = torch.as_tensor(dropout_keep, dtype=torch.bool)
-            if tuple(dropout_keep.shape) != (b, 256):
-                raise ValueError(
-                    f"dropout_keep must be ({b}, 256), got {tuple(dropout_keep.shape)}"
-                )
+            dropout_keep = _keep_mask(dropout_keep, b, "dropout_keep")
         tr = _Trace() if trace else None
         taps: Dict[str, torch.Tensor] = {}
         script = self._train_script
@@ -803,16 +327,7 @@ class OfficialWeCLIP:
             lrs = None
             grads = None
             if optimize:
-                self.optimizer.zero_grad()
-                loss.backward()
-                if return_grads:
-                    grads = OrderedDict(
-                        (n, p.grad.detach().cpu().clone())
-                        for n, p in self.model.named_parameters()
-                        if n.startswith(_DECODER_PREFIXES) and p.grad is not None
-                    )
-                self.optimizer.step()
-                lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+                lrs, grads = self._optimise(loss, return_grads)
         out: Dict[str, Any] = {
             "seg_logits": segs.detach().cpu(),
             "pseudo_labels": pseudo_label.detach().cpu().long(),
@@ -830,10 +345,7 @@ class OfficialWeCLIP:
         }
         if grads is not None:
             out["grads"] = grads
-        if tr is not None:
-            out["clip_block_out"] = tr.clip_block_out
-            out["clip_attn"] = tr.clip_attn
-            out["images"] = tr.images
+        self._add_trace(out, tr)
         return out
 
     def lr_schedule(self, steps: Sequence[int]) -> np.ndarray:
@@ -845,24 +357,8 @@ class OfficialWeCLIP:
         Returns:
             np.ndarray: (len(steps), 4) float64, one column per parameter group.
         """
-        s = self.settings
         dummy = torch.nn.Parameter(torch.zeros(1))
-        lr, wd = s["learning_rate"], s["weight_decay"]
-        opt = self._optim_mod.PolyWarmupAdamW(
-            params=[
-                {"params": [], "lr": lr, "weight_decay": wd},
-                {"params": [], "lr": 0.0, "weight_decay": 0.0},
-                {"params": [], "lr": lr * 10, "weight_decay": wd},
-                {"params": [dummy], "lr": lr * 10, "weight_decay": wd},
-            ],
-            lr=lr,
-            weight_decay=wd,
-            betas=tuple(s["betas"]),
-            warmup_iter=s["warmup_iter"],
-            max_iter=s["max_iters"],
-            warmup_ratio=s["warmup_ratio"],
-            power=s["power"],
-        )
+        opt = self._their_optimizer([[], [], [], [dummy]])
         rows = []
         for step in steps:
             opt.global_step = int(step)
@@ -873,15 +369,6 @@ class OfficialWeCLIP:
     # ---------------------------------------------------------------------------------------------
     # validation and inference
     # ---------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _mode(self, train: bool) -> Iterator[None]:
-        previous = self.model.training
-        self.model.train(train)
-        try:
-            yield
-        finally:
-            self.model.train(previous)
-
     def validation_forward(
         self,
         image: torch.Tensor,
@@ -923,10 +410,7 @@ class OfficialWeCLIP:
             "attn_pred": attn_pred.detach().cpu(),
             "fused": taps["fused"],
         }
-        if tr is not None:
-            out["clip_block_out"] = tr.clip_block_out
-            out["clip_attn"] = tr.clip_attn
-            out["images"] = tr.images
+        self._add_trace(out, tr)
         return out
 
     def _items(

@@ -11,11 +11,13 @@ re-drives one iteration of that script's training loop per call (:meth:`Official
 train_step`), with its self-training branch (``if n_iter > 18000``) and their Dice loss, which writes
 into its target.
 
-It shares the machinery of :mod:`weclip.parity.official` (WeCLIP's harness): the isolated import
-and the stubs for missing, unused modules, the runtime patches (``.cuda()`` -> self on CPU,
-``Tensor.half`` -> self for fp32) and the tracing of their per-image functions (WeCLIP+'s VOC model
-calls the same ``generate_clip_fts``, ``perform_single_voc_cam``, ``generate_cam_label`` and
-``_refine_cams``). What differs, each listed in :attr:`OfficialWeCLIPPlus.patches`:
+It shares the machinery of WeCLIP's harness (:mod:`weclip.parity.official`), which lives in
+:mod:`weclip.parity.official_base`: the isolated import and the stubs for missing, unused modules,
+the runtime patches (``.cuda()`` -> self on CPU, ``Tensor.half`` -> self for fp32), the tracing of
+their per-image functions (WeCLIP+'s VOC model calls the same ``generate_clip_fts``,
+``perform_single_voc_cam``, ``generate_cam_label`` and ``_refine_cams``), the optimizer's four
+parameter groups, the affinity window and the trained parameters under their names. What differs,
+each listed in :attr:`OfficialWeCLIPPlus.patches`:
 
 - their model calls ``torch.hub.load('facebookresearch/dinov2', name)``: during construction the
   harness redirects that one call to the local clone (``source='local'``, the clone's hub builder
@@ -31,39 +33,37 @@ calls the same ``generate_clip_fts``, ``perform_single_voc_cam``, ``generate_cam
   uses ``len()``, iteration over children, ``.tag`` and ``.text``, on which the two parsers agree
   for XML without comments or processing instructions, as the harness writes it).
 
-Their code's side effects on import are undone as in :mod:`weclip.parity.official`; their
-top-level packages (``clip``, ``utils``, ``datasets``, ``WeCLIP_Plus``, ``pytorch_grad_cam``) and
-the hub code's ``dinov2`` package are removed from ``sys.modules`` after the import.
+Their code's side effects on import are undone as for WeCLIP (:mod:`weclip.parity.official_base`);
+their top-level packages (``clip``, ``utils``, ``datasets``, ``WeCLIP_Plus``, ``pytorch_grad_cam``)
+and the hub code's ``dinov2`` package are removed from ``sys.modules`` after the import.
 """
 
 import contextlib
 import importlib
-import io
 import os
-import tempfile
 import types
 import urllib.parse
 import warnings
 import xml.etree.ElementTree as ElementTree
-from collections import OrderedDict
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from weclip.errors import MissingFileError
-from weclip.parity.official import (
+from weclip.parity.official_base import (
+    _NUM_FG,
+    OfficialHarness,
+    _check_inputs,
     _isolated_import,
-    _load_script,
-    _load_trained_state,
-    _normalize_images,
+    _keep_mask,
     _np,
-    _runtime_patches,
+    _present_classes,
+    _stub_notes,
     _stub_plan,
+    _tap_fusion_head,
     _Trace,
-    _trace_forward,
-    _trained_shapes,
-    _trained_state,
+    _training_settings,
     official_code_sha256,
 )
 
@@ -81,7 +81,6 @@ _DINOV2_HUB = "facebookresearch/dinov2"
 # Trained parameters (their names): CLIP head, DINO head, shared transformer decoder (doc §3)
 _DECODER_PREFIXES = ("decoder_fts_fuse.", "dino_decoder_fts_fuse.", "decoder.")
 _HEADS = {"clip": "decoder_fts_fuse", "dino": "dino_decoder_fts_fuse"}
-_NUM_FG = 20  # VOC: the model file hard-codes the 20 VOC prompts
 # Constants of their training loop (scripts/dist_clip_voc.py train(), doc §5)
 _SELF_TRAINING_AFTER = 18000  # `if n_iter > 18000` on the 0-based step index
 _SELF_TRAINING_CONF = 0.75  # `pred_max > 0.75`
@@ -167,7 +166,7 @@ class _StopForward(Exception):
     """Raised by a hook to leave their forward once the decoder outputs are known."""
 
 
-class OfficialWeCLIPPlus:
+class OfficialWeCLIPPlus(OfficialHarness):
     """The authors' VOC WeCLIP+ model, optimizer and training-loop iteration, run from their clone.
 
     Args:
@@ -217,58 +216,44 @@ class OfficialWeCLIPPlus:
         warmup_ratio: float = 1e-6,
         power: float = 1.0,
     ) -> None:
-        for label, path in (("CLIP weights", clip_weights), ("DINOv2 weights", dino_weights)):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{label} not found: {path}")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.root = find_official_plus_root(repo_path)
+        _check_inputs([("CLIP weights", clip_weights), ("DINOv2 weights", dino_weights)], device)
+        root = find_official_plus_root(repo_path)
         self.dinov2_root = find_dinov2_root(dinov2_repo)
-        self.device = torch.device(device)
-        self.num_classes = 21
-        self.crop_size = int(crop_size)
-        self._no_cuda = device == "cpu"
-        self._no_half = bool(fp32)
-        self._tmp = tempfile.TemporaryDirectory(prefix="weclip_official_plus_")
-        self._data_root = self._tmp.name
-        os.makedirs(os.path.join(self._data_root, "Annotations"))
-        self._names = 0
-        self.n_iter = 0  # their training loop's 0-based step index
-        self.settings = dict(
+        settings = dict(
             seed=int(seed),
             device=device,
             fp32=bool(fp32),
             dino_model=dino_model,
             dino_dim=int(dino_dim),
             decoder_layers=int(decoder_layers),
-            crop_size=int(crop_size),
-            radius=int(radius),
-            learning_rate=float(learning_rate),
-            weight_decay=float(weight_decay),
-            betas=[float(b) for b in betas],
-            warmup_iter=int(warmup_iter),
-            max_iters=int(max_iters),
-            warmup_ratio=float(warmup_ratio),
-            power=float(power),
+            **_training_settings(
+                crop_size,
+                radius,
+                learning_rate,
+                weight_decay,
+                betas,
+                warmup_iter,
+                max_iters,
+                warmup_ratio,
+                power,
+            ),
         )
+        super().__init__(
+            root,
+            settings,
+            num_classes=21,
+            trained_prefixes=_DECODER_PREFIXES,
+            labels_dir="Annotations",
+            tmp_prefix="weclip_official_plus_",
+        )
+        self.n_iter = 0  # their training loop's 0-based step index
 
         stubs = _stub_plan()
         xml_stand_in = "lxml" in stubs
         if xml_stand_in:
             stubs.update(_xml_stand_in())
-        self.patches: List[str] = []
-        if self._no_cuda:
-            self.patches.append("torch.Tensor.cuda / torch.nn.Module.cuda -> return self (CPU)")
-        if self._no_half:
-            self.patches.append(
-                "torch.Tensor.half -> return self (fp32: removes the fp16 casts of clip/model.py "
-                "upsample_pos_emb and convert_weights and of the clip/myAtt.py out-projection)"
-            )
-        self.patches += [
-            f"stub module {n} (not installed, unused on this path)"
-            for n in stubs
-            if not n.startswith("lxml")
-        ]
+        self.patches: List[str] = self._runtime_patch_notes()
+        self.patches += _stub_notes([n for n in stubs if not n.startswith("lxml")])
         if xml_stand_in:
             self.patches.append(
                 "lxml.etree stand-in (lxml not installed): fromstring = "
@@ -283,104 +268,37 @@ class OfficialWeCLIPPlus:
             "labels in ascending class order, the image size)",
         ]
 
-        with _isolated_import(self.root, stubs, _THEIR_PACKAGES), self._patched():
-            self._model_mod = importlib.import_module("WeCLIP_Plus.model_attn_aff_voc")
-            self._clip_tool = importlib.import_module("clip.clip_tool")
-            self._optim_mod = importlib.import_module("utils.optimizer")
-            self._transforms = importlib.import_module("datasets.transforms")
-            self._dice_mod = importlib.import_module("WeCLIP_Plus.dice_loss")
-            self._train_script = _load_script(
-                os.path.join(self.root, "scripts", "dist_clip_voc.py"), "weclip_official_plus_train"
-            )
-            self._train_script.setup_seed(int(seed))
+        def build() -> torch.nn.Module:
             with _local_dinov2_hub(self.dinov2_root, dino_weights):
-                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch.jit.load / F.upsample notes
-                    self.model = self._model_mod.WeCLIP_Plus(
-                        num_classes=self.num_classes,
-                        clip_model=clip_weights,
-                        dino_model=dino_model,
-                        dino_fts_dim=int(dino_dim),
-                        decoder_layers=int(decoder_layers),
-                        embedding_dim=256,
-                        in_channels=[768, 768, 768, 768],
-                        dataset_root_path=self._data_root,
-                        clip_flag=_CLIP_FLAG,
-                        device=device,
-                    )
-            self.model.to(self.device)
-            self._criterion_dice = self._dice_mod.DiceLoss()
-        if decoder_state is not None:
-            self.load_decoder_state(decoder_state)
+                return self._model_mod.WeCLIP_Plus(
+                    num_classes=self.num_classes,
+                    clip_model=clip_weights,
+                    dino_model=dino_model,
+                    dino_fts_dim=int(dino_dim),
+                    decoder_layers=int(decoder_layers),
+                    embedding_dim=256,
+                    in_channels=[768, 768, 768, 768],
+                    dataset_root_path=self._data_root,
+                    clip_flag=_CLIP_FLAG,
+                    device=device,
+                )
 
-        groups = self.model.get_param_groups()
-        lr, wd = float(learning_rate), float(weight_decay)
+        with self._their_code(stubs, _THEIR_PACKAGES):
+            self._import_common("WeCLIP_Plus.model_attn_aff_voc", "weclip_official_plus_train")
+            self._dice_mod = importlib.import_module("WeCLIP_Plus.dice_loss")
+            self._build_model(build)
+            self._criterion_dice = self._dice_mod.DiceLoss()
         # the four groups of their train(): only the last one holds parameters (both heads and
-        # the shared decoder, doc §6)
-        self.optimizer = self._optim_mod.PolyWarmupAdamW(
-            params=[
-                {"params": groups[0], "lr": lr, "weight_decay": wd},
-                {"params": groups[1], "lr": 0.0, "weight_decay": 0.0},
-                {"params": groups[2], "lr": lr * 10, "weight_decay": wd},
-                {"params": groups[3], "lr": lr * 10, "weight_decay": wd},
-            ],
-            lr=lr,
-            weight_decay=wd,
-            betas=tuple(float(b) for b in betas),
-            warmup_iter=int(warmup_iter),
-            max_iter=int(max_iters),
-            warmup_ratio=float(warmup_ratio),
-            power=float(power),
-        )
-        grid = self.crop_size // _CLIP_FLAG
-        self._aff_window = self._train_script.get_mask_by_radius(h=grid, w=grid, radius=int(radius))
+        # the shared decoder, doc §6); the affinity window for crop_size // clip_flag (16)
+        self._setup_training(decoder_state)
 
     # ---------------------------------------------------------------------------------------------
     # basics
     # ---------------------------------------------------------------------------------------------
-    def _patched(self) -> contextlib.AbstractContextManager:
-        return _runtime_patches(self._no_cuda, self._no_half)
-
-    def close(self) -> None:
-        """Delete the temporary dataset root (also done at garbage collection)."""
-        self._tmp.cleanup()
-
     @property
     def class_names(self) -> List[str]:
         """Their 20 VOC class names (``clip/clip_text.py: class_names``), as the XML holds them."""
         return list(self._model_mod.class_names)
-
-    def decoder_shapes(self) -> "OrderedDict[str, Tuple[int, ...]]":
-        """Names (theirs) and shapes of the trained parameters (both heads + decoder)."""
-        return _trained_shapes(self.model, _DECODER_PREFIXES)
-
-    def decoder_state(self) -> "OrderedDict[str, torch.Tensor]":
-        """A CPU copy of the trained parameters under their names."""
-        return _trained_state(self.model, _DECODER_PREFIXES)
-
-    def load_decoder_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Copy trained weights (their names, every one of them) into their model.
-
-        Raises:
-            KeyError: a missing or unexpected name (listed).
-            ValueError: a shape mismatch (named).
-        """
-        _load_trained_state(self.model, _DECODER_PREFIXES, state)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Their ``datasets.transforms.normalize_img`` on (B, 3, H, W) or (3, H, W) uint8 RGB."""
-        return _normalize_images(self._transforms, images)
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 -> their normalisation; float -> taken as already normalised."""
-        if images.dtype == torch.uint8:
-            images = self.normalize(images)
-        return images.float().to(self.device)
-
-    def _new_names(self, count: int) -> List[str]:
-        names = [f"img{self._names + i:06d}" for i in range(count)]
-        self._names += count
-        return names
 
     def write_annotation(self, name: str, class_ids: Sequence[int], width: int, height: int) -> str:
         """Write ``Annotations/<name>.xml`` as VOC does: the image size and one ``<object>`` per
@@ -404,11 +322,7 @@ class OfficialWeCLIPPlus:
     def _write_label_annotations(
         self, names: Sequence[str], cls_labels: torch.Tensor, size: Tuple[int, int]
     ) -> None:
-        labels = torch.as_tensor(cls_labels)
-        if labels.dim() != 2 or labels.shape[1] != _NUM_FG:
-            raise ValueError(f"cls_labels must be (B, {_NUM_FG}), got {tuple(labels.shape)}")
-        for name, row in zip(names, labels):
-            present = torch.nonzero(row > 0).flatten().tolist()
+        for name, present in zip(names, _present_classes(cls_labels)):
             if not present:
                 raise ValueError(f"image {name}: no class present (their XML needs an object)")
             self.write_annotation(name, present, width=size[1], height=size[0])
@@ -430,26 +344,8 @@ class OfficialWeCLIPPlus:
         model = self.model
         handles = []
         for head, attr in _HEADS.items():
-            module = getattr(model, attr)
-
-            def pre_hook(m: Any, inputs: Any, output: torch.Tensor, head: str = head) -> None:
-                out[f"{head}_pre_dropout"] = output.detach().cpu().clone()
-
-            def drop_hook(
-                m: Any, inputs: Any, output: torch.Tensor, head: str = head
-            ) -> Optional[torch.Tensor]:
-                x = inputs[0]
-                mask = keep.get(head)
-                if mask is not None and m.training:
-                    scale = mask.to(x.device).float() / (1.0 - m.p)
-                    output = x * scale[:, :, None, None]
-                out[f"{head}_fused"] = output.detach().cpu().clone()
-                if m.training:
-                    out[f"{head}_keep"] = output.detach().flatten(2).ne(0).any(dim=2).cpu()
-                return output
-
-            handles.append(module.linear_fuse.register_forward_hook(pre_hook))
-            handles.append(module.dropout.register_forward_hook(drop_hook))
+            keys = (f"{head}_pre_dropout", f"{head}_fused", f"{head}_keep")
+            handles += _tap_fusion_head(getattr(model, attr), keep.get(head), out, keys)
 
         decoder_inputs: List[torch.Tensor] = []
 
@@ -487,9 +383,6 @@ class OfficialWeCLIPPlus:
             if len(decoder_inputs) == 2:
                 out["decoder_input_clip"], out["decoder_input_dino"] = decoder_inputs
 
-    def _tracing(self, trace: Optional[_Trace]) -> contextlib.AbstractContextManager:
-        return _trace_forward(self._model_mod, self._clip_tool, self.model, trace)
-
     # ---------------------------------------------------------------------------------------------
     # the decoder alone (to set up fixtures)
     # ---------------------------------------------------------------------------------------------
@@ -514,16 +407,13 @@ class OfficialWeCLIPPlus:
                 raise _StopForward
 
         handle = self.model.decoder.linear_pred.register_forward_pre_hook(pre_hook)
-        previous = self.model.training
-        self.model.eval()
         try:
-            with self._patched(), torch.no_grad():
+            with self._mode(False), self._patched(), torch.no_grad():
                 self.model(inputs, names)
         except _StopForward:
             pass
         finally:
             handle.remove()
-            self.model.train(previous)
         if len(captured) != 2:
             raise RuntimeError("their forward did not reach the classifier twice")
         return captured[0], captured[1]
@@ -586,13 +476,8 @@ class OfficialWeCLIPPlus:
             layer choice ``rfm_diff``/``rfm_diff_mean``/``rfm_keep``, ``affinity`` (R ⊙ A),
             ``trans_mat``, refined CAMs, PAR) plus ``gate_probs`` (21, h, w).
         """
-        inputs = self._inputs(images)
+        inputs = self._training_inputs(images)
         b, _, h, w = inputs.shape
-        if (h, w) != (self.crop_size, self.crop_size):
-            raise ValueError(
-                f"training images must be {self.crop_size}x{self.crop_size} (their affinity window "
-                f"is built for crop_size // 16), got {h}x{w}"
-            )
         if n_iter is not None:
             if n_iter < 0:
                 raise ValueError(f"n_iter is 0-based, got {n_iter}")
@@ -602,12 +487,7 @@ class OfficialWeCLIPPlus:
         for head, mask in (dropout_keep or {}).items():
             if head not in _HEADS:
                 raise ValueError(f"dropout_keep keys are {sorted(_HEADS)}, got {head!r}")
-            mask = torch.as_tensor(mask, dtype=torch.bool)
-            if tuple(mask.shape) != (b, 256):
-                raise ValueError(
-                    f"dropout_keep[{head!r}] must be ({b}, 256), got {tuple(mask.shape)}"
-                )
-            keep[head] = mask
+            keep[head] = _keep_mask(mask, b, f"dropout_keep[{head!r}]")
         names = self._new_names(b)
         self._write_label_annotations(names, cls_labels, (h, w))
         tr = _Trace() if trace else None
@@ -649,16 +529,7 @@ class OfficialWeCLIPPlus:
             grads = None
             if optimize:
                 self.optimizer.global_step = step_index
-                self.optimizer.zero_grad()
-                loss.backward()
-                if return_grads:
-                    grads = OrderedDict(
-                        (n, p.grad.detach().cpu().clone())
-                        for n, p in self.model.named_parameters()
-                        if n.startswith(_DECODER_PREFIXES) and p.grad is not None
-                    )
-                self.optimizer.step()
-                lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+                lrs, grads = self._optimise(loss, return_grads)
                 self.n_iter = step_index + 1
         out: Dict[str, Any] = {
             "seg_clip": segs_clip.detach().cpu(),
@@ -686,10 +557,7 @@ class OfficialWeCLIPPlus:
         }
         if grads is not None:
             out["grads"] = grads
-        if tr is not None:
-            out["clip_block_out"] = tr.clip_block_out
-            out["clip_attn"] = tr.clip_attn
-            out["images"] = tr.images
+        self._add_trace(out, tr)
         return out
 
     def _affinity_labels(self, labels: torch.Tensor) -> torch.Tensor:
