@@ -53,7 +53,7 @@ from weclip.baselines.maps import (
 )
 from weclip.errors import CheckpointError, ConfigError, UserInputError
 from weclip.models.affinity_config import AffinityLossConfig, AffinityModelConfig
-from weclip.models.pixels import normalize_pixels
+from weclip.models.base import SegmentationModel
 from weclip.models.registry import register_model
 
 __all__ = ["AffinityNetModel", "build_affinitynet", "load_cam_model", "AFFINITY_ROWS"]
@@ -104,7 +104,7 @@ def load_cam_model(path: str, num_classes: int) -> nn.Module:
     return cam_model.eval()
 
 
-class AffinityNetModel(nn.Module):
+class AffinityNetModel(SegmentationModel):
     """AffinityNet behind the model interface (see the module docstring).
 
     Args:
@@ -138,16 +138,13 @@ class AffinityNetModel(nn.Module):
         pixel_std: Sequence[float],
         class_names: Optional[Sequence[str]] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, class_names=class_names)
         self.net = net
         self.cam_model = cam_model
         self.seeds = seeds
         self.radius, self.reduction, self.interior_only = int(radius), reduction, interior_only
         self.labels_cfg, self.walk_cfg = dict(labels_cfg), dict(walk_cfg)
         self.loss_cfg = dict(loss_cfg)
-        self.class_names = tuple(class_names) if class_names is not None else None
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float(), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float(), persistent=False)
 
     # ------------------------------------------------------------------ the model interface
     @property
@@ -174,10 +171,6 @@ class AffinityNetModel(nn.Module):
         super().train(mode)
         self.cam_model.eval()
         return self
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------ pieces
     def features(self, images: torch.Tensor) -> torch.Tensor:

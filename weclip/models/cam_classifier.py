@@ -51,8 +51,8 @@ from weclip.baselines.maps import (
 )
 from weclip.baselines.region_growing import region_growing, region_scores
 from weclip.errors import ConfigError, UserInputError
+from weclip.models.base import SegmentationModel
 from weclip.models.cam_classifier_config import CAMClassifierLossConfig, CAMClassifierModelConfig
-from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 
 __all__ = ["CAMClassifierModel", "build_cam_classifier", "CAM_ROWS", "build_cam_network"]
@@ -64,7 +64,7 @@ MODES = ("predict", "pseudo", "loss")
 CAM_ROWS = {"cam": "CAM, background threshold", "cam_rg": "CAM + region growing"}
 
 
-class CAMClassifierModel(nn.Module):
+class CAMClassifierModel(SegmentationModel):
     """A CAM classifier of ``weclip.baselines.classifier`` behind the model interface.
 
     Args:
@@ -103,7 +103,7 @@ class CAMClassifierModel(nn.Module):
         class_names: Optional[Sequence[str]] = None,
         method: Optional[CAMMethod] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, class_names=class_names)
         self.net = net
         self.method = method
         self.kind = kind
@@ -113,9 +113,6 @@ class CAMClassifierModel(nn.Module):
         self.use_region_growing = bool(use_region_growing)
         self.rg = dict(region_growing_cfg)
         self.presence_threshold = float(presence_threshold)
-        self.class_names = tuple(class_names) if class_names is not None else None
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float(), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float(), persistent=False)
 
     # ------------------------------------------------------------------ the model interface
     @property
@@ -136,10 +133,6 @@ class CAMClassifierModel(nn.Module):
     def trainable_module(self) -> nn.Module:
         """The classifier network (trunk + head, or the U-Net)."""
         return self.net
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     # ------------------------------------------------------------------ CAMs
     def classify(self, x: torch.Tensor) -> Dict[str, Any]:

@@ -1,7 +1,8 @@
 """Pixel normalisation shared by every model of the library: images enter a model as 0-255 RGB.
 
 The models keep their mean / std as non-persistent buffers (``pixel_mean``, ``pixel_std``: not in
-checkpoints), so the datasets can hand over uint8 and the device follows the model.
+checkpoints; registered by :class:`weclip.models.base.SegmentationModel`, whose ``preprocess`` calls
+:func:`normalize_pixels`), so the datasets can hand over uint8 and the device follows the model.
 """
 
 import torch

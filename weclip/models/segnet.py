@@ -24,7 +24,7 @@ from torch import nn
 from weclip.baselines.maps import pair_maps
 from weclip.baselines.segnet import DeepLabV3ResNet50, FCNResNet, UNet, segmentation_loss
 from weclip.errors import ConfigError, UserInputError
-from weclip.models.pixels import normalize_pixels
+from weclip.models.base import SegmentationModel
 from weclip.models.registry import register_model
 from weclip.models.segnet_config import SEGNET_TYPES, SegNetLossConfig, SegNetModelConfig
 
@@ -35,7 +35,7 @@ logger = logging.getLogger("weclip")
 MODES = ("predict", "pseudo", "loss")
 
 
-class SegNetModel(nn.Module):
+class SegNetModel(SegmentationModel):
     """A segmentation network behind the model interface.
 
     Args:
@@ -55,12 +55,9 @@ class SegNetModel(nn.Module):
         pixel_std: Sequence[float],
         class_names: Optional[Sequence[str]] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, class_names=class_names)
         self.net = net
         self.loss_cfg = dict(loss_cfg)
-        self.class_names = tuple(class_names) if class_names is not None else None
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float(), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float(), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -75,10 +72,6 @@ class SegNetModel(nn.Module):
     def trainable_module(self) -> nn.Module:
         """The whole network."""
         return self.net
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 / float 0-255 RGB -> (x - mean) / std, float32."""
-        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def loss(self, seg_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``segmentation_loss`` with the ``loss`` section (CE or focal, ignore 255)."""

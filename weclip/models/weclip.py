@@ -22,10 +22,10 @@ from torch.profiler import record_function
 
 from weclip.errors import ConfigError
 from weclip.losses import total_loss
+from weclip.models.base import SegmentationModel
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone
 from weclip.models.decoder import WeCLIPDecoder
 from weclip.models.official_names import load_official_decoder_state
-from weclip.models.pixels import normalize_pixels
 from weclip.models.registry import register_model
 from weclip.models.text_encoder import prompt_embeddings
 from weclip.models.weclip_config import WeCLIPLossConfig, WeCLIPModelConfig
@@ -113,7 +113,7 @@ def fit_to_patches(images: torch.Tensor, patch_size: int, fit: str = "crop") -> 
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
-class WeCLIP(nn.Module):
+class WeCLIP(SegmentationModel):
     """The WeCLIP model.
 
     Arguments:
@@ -143,7 +143,7 @@ class WeCLIP(nn.Module):
         loss_cfg: Mapping[str, Any],
         class_names: Optional[Sequence[str]] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, class_names=class_names)
         if text_fg.shape[0] + 1 != decoder.num_classes:
             raise ValueError(
                 f"{text_fg.shape[0]} foreground prompts but the decoder predicts {decoder.num_classes} classes "
@@ -154,14 +154,9 @@ class WeCLIP(nn.Module):
         self.pipeline = pipeline
         self.rfm_start_iter = int(rfm_start_iter)
         self.loss_cfg = dict(loss_cfg)
-        self.class_names = tuple(class_names) if class_names is not None else None
         # Not persistent: rebuilt from the config (and the CLIP weights), never saved in checkpoints.
         self.register_buffer("text_fg", text_fg, persistent=False)
         self.register_buffer("text_bg", text_bg, persistent=False)
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean).float().view(3), persistent=False
-        )
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(3), persistent=False)
 
     #: ``forward`` takes ``cls_labels`` on the CPU whatever the model's device: they only decide which
     #: (image, class) pairs exist, which is read on the host, so a GPU step then never waits for the
@@ -187,10 +182,6 @@ class WeCLIP(nn.Module):
         """Load the decoder of a checkpoint saved by the authors' code (their whole-model state dict; CLIP
         and PAR entries are ignored, spec §12.11; names mapped by ``weclip.models.official_names``)."""
         load_official_decoder_state(self.decoder, state)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 or float 0-255 RGB -> (x - mean) / std, float32 (spec §1.2)."""
-        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def encode(
         self, images: torch.Tensor, fit: str = "crop", maps: Optional[int] = None

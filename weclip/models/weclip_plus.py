@@ -38,9 +38,9 @@ from torch.profiler import record_function
 
 from weclip.cam.gradcam import GradCAMResult, gradcam
 from weclip.errors import CheckpointError, ConfigError, MissingFileError, UserInputError
+from weclip.models.base import SegmentationModel
 from weclip.models.clip_backbone import FrozenCLIP, build_backbone
 from weclip.models.dino_backbone import FrozenDINOv2, build_dino_backbone
-from weclip.models.pixels import normalize_pixels
 from weclip.models.plus.decoder import PlusDecoderOutput, WeCLIPPlusDecoder
 from weclip.models.plus.losses import PLUS_LOSS_DEFAULTS, plus_total_loss
 from weclip.models.plus.official_names import load_official_plus_decoder_state
@@ -117,7 +117,7 @@ class PlusFeatures(NamedTuple):
     grid: Tuple[int, int]
 
 
-class WeCLIPPlus(nn.Module):
+class WeCLIPPlus(SegmentationModel):
     """The WeCLIP+ model.
 
     Arguments:
@@ -156,7 +156,7 @@ class WeCLIPPlus(nn.Module):
         loss_cfg: Mapping[str, Any],
         class_names: Optional[Sequence[str]] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, class_names=class_names)
         if text_fg.shape[0] + 1 != decoder.num_classes:
             raise ValueError(
                 f"{text_fg.shape[0]} foreground prompts but the decoder predicts "
@@ -189,14 +189,9 @@ class WeCLIPPlus(nn.Module):
         if unknown:
             raise ValueError(f"unknown WeCLIP+ loss key(s) {unknown}")
         self.loss_cfg = cfg
-        self.class_names = tuple(class_names) if class_names is not None else None
         # Not persistent: rebuilt from the config (and the CLIP weights), never saved in checkpoints.
         self.register_buffer("text_fg", text_fg, persistent=False)
         self.register_buffer("text_bg", text_bg, persistent=False)
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean).float().view(3), persistent=False
-        )
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(3), persistent=False)
 
     # ------------------------------------------------------------------ the model interface
     @property
@@ -226,10 +221,6 @@ class WeCLIPPlus(nn.Module):
         """
         start = self.self_training_start_iter
         return start is not None and iteration is not None and iteration >= start
-
-    def preprocess(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) uint8 or float 0-255 RGB -> (x - mean) / std, float32 (doc §2.2, spec §1.2)."""
-        return normalize_pixels(images, self.pixel_mean, self.pixel_std)
 
     def encode(self, images: Tensor, fit: str = "crop") -> PlusFeatures:
         """Normalise, run the frozen CLIP on the patch-multiple view and DINOv2 on the whole image.
