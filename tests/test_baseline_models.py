@@ -525,3 +525,25 @@ def test_box_seeds_of_a_split_train_the_box_affinitynet(tmp_path, toy_root):
         "fg_loss",
         "neg_loss",
     }
+
+
+def test_resume_lets_inference_only_keys_differ(tmp_path, toy_root):
+    """A finished AffinityNet run resumes (as a no-op) with another random walk, not with other labels."""
+    cam_ckpt = _cam_checkpoint(tmp_path, toy_root)
+    work = str(tmp_path / "work_aff")
+    trainer = Trainer(load_config(_affinity_config(tmp_path, toy_root, cam_ckpt)), work, SINGLE)
+    trainer.train()
+    trainer.close()
+    walk = "model.update(walk=dict(num_iters=3, bg_value=0.7))\n"
+    trainer = Trainer(
+        load_config(_affinity_config(tmp_path, toy_root, cam_ckpt, walk)), work, SINGLE
+    )
+    assert trainer.resume("auto") == 2  # the walk only runs at inference
+    trainer.close()
+    labels = "model.update(labels=dict(fg_value=5.0))\n"
+    trainer = Trainer(
+        load_config(_affinity_config(tmp_path, toy_root, cam_ckpt, labels)), work, SINGLE
+    )
+    with pytest.raises(CheckpointError, match=r"model.labels.fg_value: checkpoint 4.0 vs now 5.0"):
+        trainer.resume("auto")
+    trainer.close()

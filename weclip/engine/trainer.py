@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from weclip.engine.checkpoint import (
     LATEST_NAME,
+    RESUME_IGNORED_KEYS,
     check_resume_compatible,
     checkpoint_dir,
     find_latest_checkpoint,
@@ -269,7 +270,12 @@ class Trainer:
             self._truncate_scalars(0)
             return 0
         ckpt = load_checkpoint(path, map_location="cpu")
-        check_resume_compatible(ckpt, self.model_without_ddp, self.cfg, self.world_size, path)
+        ignored = RESUME_IGNORED_KEYS + tuple(
+            getattr(self.model_without_ddp, "inference_only_keys", ())
+        )
+        check_resume_compatible(
+            ckpt, self.model_without_ddp, self.cfg, self.world_size, path, ignored=ignored
+        )
         iteration = int(ckpt["iteration"])
         position = int(ckpt["data_positions"][self.rank])
         if position != iteration * self.batch_size:

@@ -122,6 +122,9 @@ class AffinityNetModel(SegmentationModel):
         class_names (Sequence[str], optional): C names.
     """
 
+    # the random walk runs in modes "pseudo" / "predict" only: training never reads it
+    inference_only_keys = ("model.walk",)
+
     def __init__(
         self,
         *,

@@ -7,7 +7,7 @@ must define, so a model that forgets one fails when it is built, not deep in a t
 """
 
 import abc
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,13 +28,18 @@ class SegmentationModel(nn.Module, abc.ABC):
 
     This class provides ``class_names``, ``preprocess`` and the ``pixel_mean`` / ``pixel_std`` buffers:
     (3,) float32, non-persistent (rebuilt from the config, never in a checkpoint), so the device follows
-    the model. A subclass defines ``num_classes``, ``patch_size``, ``trainable_module`` and ``forward``.
+    the model. A subclass defines ``num_classes``, ``patch_size``, ``trainable_module`` and ``forward``,
+    and may name in ``inference_only_keys`` the config sections its training never reads (``--resume``
+    then lets them differ from the checkpoint's config, e.g. to re-score a finished run another way).
 
     Args:
         pixel_mean (Sequence[float]): the 3 per-channel means on 0-255 RGB.
         pixel_std (Sequence[float]): the 3 per-channel standard deviations on 0-255 RGB.
         class_names (Sequence[str], optional): C names, index = class id (for the API's outputs).
     """
+
+    #: dotted config keys (and their subtrees) that only inference reads; the resume check ignores them
+    inference_only_keys: Tuple[str, ...] = ()
 
     def __init__(
         self,

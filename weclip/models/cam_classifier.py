@@ -85,6 +85,9 @@ class CAMClassifierModel(SegmentationModel):
             the training loss of a CAM-improvement method and, for SEAM / P2P, the CAMs.
     """
 
+    # the CAMs' background rule and region growing make pseudo-labels; the training loss never reads them
+    inference_only_keys = ("model.pseudo", "model.region_growing")
+
     def __init__(
         self,
         *,
