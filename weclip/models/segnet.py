@@ -39,7 +39,8 @@ class SegNetModel(SegmentationModel):
     """A segmentation network behind the model interface.
 
     Args:
-        net (nn.Module): ``UNet``, ``FCNResNet`` or ``DeepLabV3ResNet50`` (normalised images -> (B, C, H, W) logits).
+        net (nn.Module): ``UNet``, ``FCNResNet`` or ``DeepLabV3ResNet50`` (normalised images ->
+            (B, C, H, W) logits).
         loss_cfg (Mapping): the validated ``loss`` section.
         pixel_mean (Sequence[float]): (3,) on 0-255 RGB.
         pixel_std (Sequence[float]): (3,).
