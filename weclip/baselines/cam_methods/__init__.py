@@ -1,4 +1,4 @@
-"""CAM-improvement methods for the baseline CNN classifier (issue 19), on plain tensors.
+"""CAM-improvement methods for the baseline CNN classifier, on plain tensors.
 
 - `mix`: Mixup-CAM (mixup + entropy and concentration losses), Manifold Mixup, FMix.
 - `sc_cam`: SC-CAM sub-category clustering, parent + sub-category losses, rounds, distillation.

@@ -23,6 +23,7 @@ __all__ = [
     "METHOD_TYPES",
     "METHOD_TITLES",
     "MixupCAMConfig",
+    "MixRegularisersConfig",
     "ManifoldMixupConfig",
     "FMixConfig",
     "SEAMConfig",
@@ -66,7 +67,19 @@ class MixupCAMConfig:
 
 
 @section
-class ManifoldMixupConfig:
+class MixRegularisersConfig:
+    """The Mixup-CAM regularisers as an option of the other mixing methods (weights 0 = off); the keys of
+    ``model.method.manifold_mixup`` and ``model.method.fmix`` that follow their own."""
+
+    ent_weight: float = key(0.0, ge=0, doc="Mixup-CAM entropy loss (0 = off)")
+    con_weight: float = key(0.0, ge=0, doc="Mixup-CAM concentration loss (0 = off)")
+    con_eps: float = key(MIXUP_CAM_DEFAULTS["con_eps"], ge=0)
+    bg_score: Optional[float] = key(None, doc="as model.method.mixup_cam.bg_score")
+    mask_absent: bool = key(False)
+
+
+@section
+class ManifoldMixupConfig(MixRegularisersConfig):
     """``model.method.manifold_mixup``: mixup of the hidden state before a random stage (Verma et al., ICML
     2019, https://arxiv.org/abs/1806.05236); the Mixup-CAM regularisers are optional (weights 0 = off)."""
 
@@ -78,15 +91,10 @@ class ManifoldMixupConfig:
         nonempty=True,
         doc="mixing points: 0 = input, k = after ResNet stage k (official: 0, 1, 2)",
     )
-    ent_weight: float = key(0.0, ge=0, doc="Mixup-CAM entropy loss (0 = off)")
-    con_weight: float = key(0.0, ge=0, doc="Mixup-CAM concentration loss (0 = off)")
-    con_eps: float = key(MIXUP_CAM_DEFAULTS["con_eps"], ge=0)
-    bg_score: Optional[float] = key(None, doc="as model.method.mixup_cam.bg_score")
-    mask_absent: bool = key(False)
 
 
 @section
-class FMixConfig:
+class FMixConfig(MixRegularisersConfig):
     """``model.method.fmix``: FMix masks instead of mixup (Harris et al. 2020,
     https://arxiv.org/abs/2002.12047), labels mixed by the mask area; regularisers optional."""
 
@@ -94,13 +102,8 @@ class FMixConfig:
     decay_power: float = key(FMIX_DEFAULTS["decay_power"], gt=0, doc="FMix code: decay_power=3")
     max_soft: float = key(FMIX_DEFAULTS["max_soft"], ge=0, le=0.5, doc="FMix code: 0 (binary)")
     label_weight: Literal["area", "lambda"] = key(
-        "area", doc="'area' (issue 19: mask area) or 'lambda' (FMix's code)"
+        "area", doc="'area' (labels mixed by the mask's area) or 'lambda' (FMix's code)"
     )
-    ent_weight: float = key(0.0, ge=0, doc="Mixup-CAM entropy loss (0 = off)")
-    con_weight: float = key(0.0, ge=0, doc="Mixup-CAM concentration loss (0 = off)")
-    con_eps: float = key(MIXUP_CAM_DEFAULTS["con_eps"], ge=0)
-    bg_score: Optional[float] = key(None, doc="as model.method.mixup_cam.bg_score")
-    mask_absent: bool = key(False)
 
 
 @section
@@ -177,7 +180,9 @@ class SCCAMConfig:
     kmeans_n_init: int = key(SC_CAM_DEFAULTS["kmeans_n_init"], ge=1)
     kmeans_seed: int = key(SC_CAM_DEFAULTS["kmeans_seed"], ge=0)
     max_images: Optional[int] = key(None, ge=1, doc="cluster the first N training images only")
-    distill: bool = key(SC_CAM_DEFAULTS["distill"], doc="previous round as a teacher (issue 19)")
+    distill: bool = key(
+        SC_CAM_DEFAULTS["distill"], doc="previous round as a teacher (this project's)"
+    )
     kd_temperature: float = key(SC_CAM_DEFAULTS["kd_temperature"], gt=0, doc="this project's")
     kd_weight: float = key(SC_CAM_DEFAULTS["kd_weight"], ge=0, doc="this project's")
 

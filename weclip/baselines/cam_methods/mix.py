@@ -341,8 +341,8 @@ def fmix(
         labels (Tensor): (B, K).
         generator (torch.Generator): draws λ, the spectrum, the ceil/floor coin, the permutation.
         alpha, decay_power, max_soft: FMix's parameters (defaults from its code).
-        label_weight (str): "area": labels mixed by the realised mask mean (issue 19: "mixing
-            labels by mask area"); "lambda": by the sampled λ (FMix's ``fmix_loss``).
+        label_weight (str): "area": labels mixed by the realised mask mean (the mask's
+            area); "lambda": by the sampled λ (FMix's ``fmix_loss``).
         lam (Optional[float]): a fixed λ instead of a draw.
 
     Returns:

@@ -17,7 +17,7 @@ copied). One round:
 5. three rounds (``script.sh``); the CAMs that are evaluated are the parent head's
    (``infer_cls.py`` saves the cls-20 CAMs).
 
-The knowledge-distillation variant (issue 19) is not in SC-CAM's paper or code: the previous
+The knowledge-distillation variant (this project's) is not in SC-CAM's paper or code: the previous
 round's model is a teacher whose parent logits, softened by a temperature T, are matched by the
 student's parent logits (`distillation_loss`, Hinton et al. 2015, https://arxiv.org/abs/1503.02531,
 scaled by T²). Its temperature and weight are this project's choice (see docs/cam_methods.md).
